@@ -1,0 +1,51 @@
+"""Send a MigoSMTP bulk email campaign from a warehouse table, within the plan's caps.
+
+plan -> send_batch (one mapped task per batch, each with its send_at) -> close_ledger.
+The logic lives in ``include/``; see the README for Connections and Params.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from airflow.sdk import DAG, TriggerRule, get_current_context, task
+
+from include.campaign_settings import campaign_params
+from include.migosmtp_retry_policy import MigoSmtpRetryPolicy
+
+with DAG(
+    dag_id="bulk_email_campaign",
+    description="Plan, send and record a MigoSMTP bulk campaign in rate-limited batches",
+    schedule=None,
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    params=campaign_params(),
+    default_args={"retries": 1, "retry_delay": timedelta(seconds=30)},
+    tags=["email", "migosmtp"],
+):
+
+    @task
+    def plan() -> list[dict]:
+        from include.campaign_tasks import plan_campaign
+
+        return plan_campaign(get_current_context()["params"])
+
+    # Retries follow the provider's error table (see MigoSmtpRetryPolicy); the
+    # retry count only bounds how many 429 waits one batch may sit through.
+    @task(retries=12, retry_policy=MigoSmtpRetryPolicy(), map_index_template="{{ batch_label }}")
+    def send_batch(batch: dict) -> dict:
+        from include.campaign_tasks import batch_label, send_batch
+
+        context = get_current_context()
+        context["batch_label"] = batch_label(batch)
+        return send_batch(batch, context["params"], context["ti"].try_number)
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def close_ledger(planned: list[dict] | None) -> dict:
+        from include.campaign_tasks import close_ledger
+
+        return close_ledger(get_current_context()["params"], planned)
+
+    planned = plan()
+    send_batch.expand(batch=planned) >> close_ledger(planned)

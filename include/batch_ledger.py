@@ -1,0 +1,137 @@
+"""The batch ledger, ``email_batch_ledger``: one row per (campaign_id, batch_number).
+
+Rows are written as ``planned`` before anything is sent, and each batch's
+task records its own outcome (``scheduled`` with the provider's batch id, or
+``failed`` with the error) the moment it knows it. A run that dies half-way
+therefore leaves a ledger that says exactly what reached the provider.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from include.warehouse import LEDGER_TABLE, fetch_dicts, utc_now_text, utc_text
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from airflow.providers.common.sql.hooks.sql import DbApiHook
+
+PLANNED, SCHEDULED, FAILED = "planned", "scheduled", "failed"
+
+_FIELDS = (
+    "campaign_id",
+    "batch_number",
+    "batch_id",
+    "idempotency_key",
+    "recipient_ids",
+    "recipient_count",
+    "status",
+    "send_at",
+    "attempts",
+    "last_error",
+    "created_at",
+    "updated_at",
+)
+
+
+@dataclass(frozen=True)
+class LedgerSummary:
+    batches: int
+    recipients: int
+    by_status: dict[str, int]
+    failed: list[dict[str, Any]]
+
+
+def upsert_planned(
+    hook: DbApiHook,
+    campaign_id: str,
+    batch_number: int,
+    key: str,
+    recipient_ids: Sequence[str],
+    send_at: datetime,
+) -> None:
+    now = utc_now_text()
+    row = (
+        campaign_id,
+        batch_number,
+        None,
+        key,
+        json.dumps(list(recipient_ids)),
+        len(recipient_ids),
+        PLANNED,
+        utc_text(send_at),
+        0,
+        None,
+        now,
+        now,
+    )
+    hook.insert_rows(
+        LEDGER_TABLE,
+        [row],
+        target_fields=list(_FIELDS),
+        replace=True,
+        replace_index=["campaign_id", "batch_number"],
+    )
+
+
+def rows(hook: DbApiHook, campaign_id: str) -> list[dict[str, Any]]:
+    return fetch_dicts(
+        hook,
+        f"SELECT * FROM {LEDGER_TABLE} WHERE campaign_id = {hook.placeholder} ORDER BY batch_number",
+        (campaign_id,),
+    )
+
+
+def row(hook: DbApiHook, campaign_id: str, batch_number: int) -> dict[str, Any] | None:
+    found = fetch_dicts(
+        hook,
+        f"SELECT * FROM {LEDGER_TABLE} WHERE campaign_id = {hook.placeholder} "
+        f"AND batch_number = {hook.placeholder}",
+        (campaign_id, batch_number),
+    )
+    return found[0] if found else None
+
+
+def record_scheduled(hook: DbApiHook, campaign_id: str, batch_number: int, batch_id: str) -> None:
+    p = hook.placeholder
+    hook.run(
+        f"UPDATE {LEDGER_TABLE} SET status = {p}, batch_id = {p}, attempts = attempts + 1, "
+        f"last_error = NULL, updated_at = {p} WHERE campaign_id = {p} AND batch_number = {p}",
+        parameters=(SCHEDULED, batch_id, utc_now_text(), campaign_id, batch_number),
+    )
+
+
+def record_failure(hook: DbApiHook, campaign_id: str, batch_number: int, error: str) -> None:
+    """A failed attempt. The row reads ``failed`` until a later attempt succeeds."""
+    p = hook.placeholder
+    hook.run(
+        f"UPDATE {LEDGER_TABLE} SET status = {p}, attempts = attempts + 1, last_error = {p}, "
+        f"updated_at = {p} WHERE campaign_id = {p} AND batch_number = {p} AND status <> {p}",
+        parameters=(FAILED, error[:2000], utc_now_text(), campaign_id, batch_number, SCHEDULED),
+    )
+
+
+def fail_unfinished(hook: DbApiHook, campaign_id: str, reason: str) -> None:
+    """Mark batches whose task ended without recording any outcome (killed, upstream failed)."""
+    p = hook.placeholder
+    hook.run(
+        f"UPDATE {LEDGER_TABLE} SET status = {p}, last_error = {p}, updated_at = {p} "
+        f"WHERE campaign_id = {p} AND status = {p}",
+        parameters=(FAILED, reason, utc_now_text(), campaign_id, PLANNED),
+    )
+
+
+def summarize(ledger_rows: list[dict[str, Any]]) -> LedgerSummary:
+    by_status: dict[str, int] = {}
+    for r in ledger_rows:
+        by_status[r["status"]] = by_status.get(r["status"], 0) + 1
+    return LedgerSummary(
+        batches=len(ledger_rows),
+        recipients=sum(r["recipient_count"] for r in ledger_rows),
+        by_status=by_status,
+        failed=[r for r in ledger_rows if r["status"] == FAILED],
+    )

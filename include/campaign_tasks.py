@@ -1,0 +1,324 @@
+"""What the campaign DAG's three tasks do: plan, send one batch, close the ledger.
+
+Kept apart from the DAG file so the DAG stays a short story and these can be
+imported and read (and tested) without a scheduler. Heavy imports happen on
+call, not at DAG parse time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from include import batch_ledger
+from include.audience import REQUIRED_COLUMNS, screen_chunk
+from include.batch_planner import Batch, BatchPacker
+from include.campaign_settings import CampaignSettings, CampaignSettingsError
+from include.warehouse import (
+    REJECTED_TABLE,
+    STAGING_TABLE,
+    WarehouseInputError,
+    ensure_schema,
+    fetch_dicts,
+    get_warehouse_hook,
+    insert_rows,
+    placeholders,
+    quote_table,
+    table_columns,
+    utc_text,
+)
+
+log = logging.getLogger(__name__)
+
+CHUNK_ROWS = 500
+
+
+def _settings(params: dict[str, Any]) -> CampaignSettings:
+    try:
+        return CampaignSettings.from_params(params)
+    except CampaignSettingsError as err:
+        raise AirflowFailException(f"invalid campaign Params: {err}") from err
+
+
+def batch_label(batch: dict[str, Any]) -> str:
+    """What the UI shows for a mapped batch, e.g. ``batch 7/34 · 2026-11-28T14:00Z · 150``."""
+    send_at = batch["send_at"][:16] + "Z"
+    return f"batch {batch['batch_number']}/{batch['batch_count']} · {send_at} · {batch['recipient_count']}"
+
+
+# -- plan ---------------------------------------------------------------------------------------
+
+
+def _refuse_resend(hook, campaign_id: str) -> None:
+    """A campaign whose ledger shows any attempt is never planned (and so sent) again."""
+    existing = batch_ledger.rows(hook, campaign_id)
+    touched = [r for r in existing if r["status"] != batch_ledger.PLANNED or r["attempts"]]
+    if touched:
+        summary = batch_ledger.summarize(existing).by_status
+        raise AirflowFailException(
+            f"campaign {campaign_id!r} already has {len(existing)} batches in the ledger {summary}; "
+            "planning it again could send twice. Use a new campaign_id, or clear the failed "
+            "send_batch tasks of its run to resend only those batches."
+        )
+
+
+def _clear_unsent_plan(hook, campaign_id: str) -> None:
+    """Drop an earlier plan that sent nothing (a dry run, or a run stopped before sending)."""
+    hook.run(
+        [
+            f"DELETE FROM {table} WHERE campaign_id = {hook.placeholder}"
+            for table in (batch_ledger.LEDGER_TABLE, STAGING_TABLE, REJECTED_TABLE)
+        ],
+        parameters=(campaign_id,),
+    )
+
+
+def _already_staged(hook, campaign_id: str, rows: list[dict[str, Any]]) -> tuple[set[str], set[str]]:
+    """Emails and recipient ids of this chunk that earlier chunks staged (index look-ups, chunk-sized)."""
+    from include.audience import normalize_email, normalize_recipient_id
+
+    emails = sorted({e for e in (normalize_email(r["email"]) for r in rows) if e})
+    ids = sorted({i for i in (normalize_recipient_id(r["recipient_id"]) for r in rows) if i})
+    if not emails and not ids:
+        return set(), set()
+    p = hook.placeholder
+    found = fetch_dicts(
+        hook,
+        f"SELECT email, recipient_id FROM {STAGING_TABLE} WHERE campaign_id = {p} AND "
+        f"(email IN ({placeholders(hook, len(emails)) or 'NULL'}) "
+        f"OR recipient_id IN ({placeholders(hook, len(ids)) or 'NULL'}))",
+        (campaign_id, *emails, *ids),
+    )
+    return {f["email"] for f in found}, {f["recipient_id"] for f in found}
+
+
+def plan_campaign(params: dict[str, Any], chunk_rows: int = CHUNK_ROWS) -> list[dict[str, Any]]:
+    """Stream the recipients, screen them, stage them in batches, and write the planned ledger.
+
+    Returns only small batch descriptors: recipients stay in the warehouse.
+    """
+    from include.migosmtp_client import idempotency_key
+
+    settings = _settings(params)
+    campaign_id = settings.campaign_id
+    hook = get_warehouse_hook()
+    try:
+        ensure_schema(hook)
+        columns = table_columns(hook, settings.recipients_table)
+        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        if missing:
+            raise WarehouseInputError(
+                f"table {settings.recipients_table!r} lacks column(s) {', '.join(missing)}; "
+                f"it has {', '.join(columns)}"
+            )
+    except WarehouseInputError as err:
+        raise AirflowFailException(str(err)) from err
+    _refuse_resend(hook, campaign_id)
+    _clear_unsent_plan(hook, campaign_id)
+
+    packer = BatchPacker(settings.caps, settings.start_at)
+    read = rejected = staged = 0
+    open_batch_ids: list[str] = []
+
+    def write_planned(batch: Batch) -> None:
+        key = idempotency_key(campaign_id, batch.batch_number)
+        batch_ledger.upsert_planned(hook, campaign_id, batch.batch_number, key, open_batch_ids, batch.send_at)
+        open_batch_ids.clear()
+
+    sql = f"SELECT * FROM {quote_table(settings.recipients_table)} ORDER BY recipient_id, email"
+    for chunk in hook.get_df_by_chunks(sql, chunksize=chunk_rows):
+        records = chunk.to_dict("records")
+        known_emails, known_ids = _already_staged(hook, campaign_id, records)
+        screened = screen_chunk(records, read + 1, known_emails, known_ids)
+        read += len(records)
+        staging_rows = []
+        for recipient in screened.accepted:
+            batch_number, closed = packer.assign()
+            if closed is not None:
+                write_planned(closed)
+            open_batch_ids.append(recipient.recipient_id)
+            staged += 1
+            staging_rows.append(
+                (
+                    campaign_id,
+                    batch_number,
+                    staged,
+                    recipient.recipient_id,
+                    recipient.email,
+                    json.dumps(recipient.variables, sort_keys=True),
+                )
+            )
+        insert_rows(
+            hook,
+            STAGING_TABLE,
+            staging_rows,
+            ("campaign_id", "batch_number", "position", "recipient_id", "email", "variables"),
+        )
+        insert_rows(
+            hook,
+            REJECTED_TABLE,
+            [(campaign_id, r.source_row, r.recipient_id, r.email, r.reason) for r in screened.rejected],
+            ("campaign_id", "source_row", "recipient_id", "email", "reason"),
+        )
+        rejected += len(screened.rejected)
+    last = packer.finish()
+    if last is not None:
+        write_planned(last)
+
+    if read == 0:
+        raise AirflowFailException(f"table {settings.recipients_table!r} is empty: nothing to send")
+    batches = packer.batches
+    if not batches:
+        raise AirflowFailException(
+            f"none of the {read} recipients in {settings.recipients_table!r} can be sent to; "
+            f"the reasons are in {REJECTED_TABLE} (campaign_id {campaign_id!r})"
+        )
+    log.info(
+        "Planned campaign %s: %d recipients read, %d rejected, %d staged in %d batches from %s to %s",
+        campaign_id,
+        read,
+        rejected,
+        staged,
+        len(batches),
+        utc_text(batches[0].send_at),
+        utc_text(batches[-1].send_at),
+    )
+    return [
+        {
+            "batch_number": b.batch_number,
+            "batch_count": len(batches),
+            "send_at": utc_text(b.send_at),
+            "recipient_count": b.recipient_count,
+        }
+        for b in batches
+    ]
+
+
+# -- send ---------------------------------------------------------------------------------------
+
+
+def _staged_recipients(hook, campaign_id: str, batch_number: int):
+    from include.audience import Recipient
+
+    p = hook.placeholder
+    staged = fetch_dicts(
+        hook,
+        f"SELECT recipient_id, email, variables FROM {STAGING_TABLE} "
+        f"WHERE campaign_id = {p} AND batch_number = {p} ORDER BY position",
+        (campaign_id, batch_number),
+    )
+    return [Recipient(s["recipient_id"], s["email"], json.loads(s["variables"])) for s in staged]
+
+
+def send_batch(batch: dict[str, Any], params: dict[str, Any], try_number: int = 1) -> dict[str, Any]:
+    """Submit one planned batch, exactly once, and record the outcome in the ledger.
+
+    Raises the client's errors so the retry policy can apply the article's error table.
+    """
+    from include.migosmtp_client import MigoSmtpClient, MigoSmtpError, batch_tags, build_payload
+
+    settings = _settings(params)
+    campaign_id, number = settings.campaign_id, batch["batch_number"]
+    if settings.dry_run:
+        raise AirflowSkipException(f"dry run: batch {number} planned, not sent")
+    hook = get_warehouse_hook()
+    entry = batch_ledger.row(hook, campaign_id, number)
+    if entry is None:
+        raise AirflowFailException(f"batch {number} of campaign {campaign_id!r} is not in the ledger")
+    if entry["status"] == batch_ledger.SCHEDULED:
+        log.info("Batch %d is already scheduled as %s; not sending again", number, entry["batch_id"])
+        return {"batch_number": number, "batch_id": entry["batch_id"], "resent": False}
+
+    client = MigoSmtpClient()
+    key = entry["idempotency_key"]
+    try:
+        # An earlier attempt may have been accepted without us hearing back: ask before resending.
+        retrying = try_number > 1 or entry["attempts"] or entry["status"] != batch_ledger.PLANNED
+        found = client.find_batch(key) if retrying else None
+        if found is not None:
+            batch_id = found["batch_id"]
+            log.info("Batch %d was already accepted as %s (found by idempotency key)", number, batch_id)
+        else:
+            recipients = _staged_recipients(hook, campaign_id, number)
+            if len(recipients) != entry["recipient_count"]:
+                raise AirflowFailException(
+                    f"batch {number} has {len(recipients)} staged recipients but the ledger planned "
+                    f"{entry['recipient_count']}; refusing to send a batch that changed"
+                )
+            payload = build_payload(
+                from_email=settings.from_email,
+                subject=settings.subject,
+                html=settings.html_body,
+                text=settings.text_body,
+                recipients=recipients,
+                send_at=datetime.fromisoformat(entry["send_at"].replace("Z", "+00:00")),
+                tags=batch_tags(campaign_id, number),
+            )
+            receipt = client.send_bulk(payload, key)
+            batch_id = receipt.batch_id
+            log.info(
+                "Batch %d: %d recipients scheduled for %s as %s%s",
+                number,
+                len(recipients),
+                entry["send_at"],
+                batch_id,
+                " (idempotent replay)" if receipt.replayed else "",
+            )
+    except MigoSmtpError as err:
+        batch_ledger.record_failure(hook, campaign_id, number, str(err))
+        raise
+    batch_ledger.record_scheduled(hook, campaign_id, number, batch_id)
+    return {"batch_number": number, "batch_id": batch_id, "resent": True}
+
+
+# -- ledger -------------------------------------------------------------------------------------
+
+
+def close_ledger(params: dict[str, Any], planned: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """Settle every batch's final status, log the campaign summary, and fail the run if any batch failed."""
+    settings = _settings(params)
+    if planned is None:
+        raise AirflowFailException("planning did not finish, so nothing was sent; see the plan task's log")
+    hook = get_warehouse_hook()
+    if not settings.dry_run:
+        batch_ledger.fail_unfinished(
+            hook, settings.campaign_id, "the batch's task ended without recording an outcome; see its log"
+        )
+    summary = batch_ledger.summarize(batch_ledger.rows(hook, settings.campaign_id))
+    rejected = fetch_dicts(
+        hook,
+        f"SELECT COUNT(*) AS n FROM {REJECTED_TABLE} WHERE campaign_id = {hook.placeholder}",
+        (settings.campaign_id,),
+    )[0]["n"]
+    scheduled = summary.by_status.get(batch_ledger.SCHEDULED, 0)
+    log.info(
+        "Campaign %s: %d recipients read, %d rejected, %d batches (%d recipients): %d scheduled, "
+        "%d failed, %d planned%s",
+        settings.campaign_id,
+        summary.recipients + rejected,
+        rejected,
+        summary.batches,
+        summary.recipients,
+        scheduled,
+        len(summary.failed),
+        summary.by_status.get(batch_ledger.PLANNED, 0),
+        " (dry run)" if settings.dry_run else "",
+    )
+    if summary.failed:
+        details = "; ".join(f"batch {r['batch_number']}: {r['last_error']}" for r in summary.failed[:5])
+        raise AirflowFailException(
+            f"{len(summary.failed)} of {summary.batches} batches failed ({details}). "
+            "Fix the cause, then clear the failed send_batch tasks to resend only those batches."
+        )
+    return {
+        "campaign_id": settings.campaign_id,
+        "recipients_read": summary.recipients + rejected,
+        "rejected": rejected,
+        "batches": summary.batches,
+        "recipients": summary.recipients,
+        "scheduled": scheduled,
+    }

@@ -1,0 +1,134 @@
+"""The warehouse side: the connection, the project's own tables, and safe identifiers.
+
+Everything goes through common-sql's ``DbApiHook`` for the ``warehouse_default``
+connection, so any database common-sql supports can hold the recipients and
+the ledger. The DDL below is the portable subset that SQLite and PostgreSQL
+both accept; timestamps are ISO-8601 UTC text, which sorts and compares
+correctly in both.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from contextlib import closing
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow.providers.common.sql.hooks.sql import DbApiHook
+
+WAREHOUSE_CONN_ID = "warehouse_default"
+LEDGER_TABLE = "email_batch_ledger"
+STAGING_TABLE = "email_campaign_recipients"
+REJECTED_TABLE = "email_rejected_recipients"
+
+_SCHEMA = (
+    f"""CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (
+        campaign_id TEXT NOT NULL,
+        batch_number INTEGER NOT NULL,
+        batch_id TEXT,
+        idempotency_key TEXT NOT NULL,
+        recipient_ids TEXT NOT NULL,
+        recipient_count INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        send_at TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (campaign_id, batch_number))""",
+    # The staged audience: what each batch sends, read back by the batch's own task.
+    # The primary key is what makes de-duplication hold across chunks.
+    f"""CREATE TABLE IF NOT EXISTS {STAGING_TABLE} (
+        campaign_id TEXT NOT NULL,
+        batch_number INTEGER NOT NULL,
+        position INTEGER NOT NULL,
+        recipient_id TEXT NOT NULL,
+        email TEXT NOT NULL,
+        variables TEXT NOT NULL,
+        PRIMARY KEY (campaign_id, email),
+        UNIQUE (campaign_id, recipient_id))""",
+    f"""CREATE INDEX IF NOT EXISTS {STAGING_TABLE}_by_batch
+        ON {STAGING_TABLE} (campaign_id, batch_number, position)""",
+    f"""CREATE TABLE IF NOT EXISTS {REJECTED_TABLE} (
+        campaign_id TEXT NOT NULL,
+        source_row INTEGER NOT NULL,
+        recipient_id TEXT,
+        email TEXT,
+        reason TEXT NOT NULL,
+        PRIMARY KEY (campaign_id, source_row))""",
+)
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+class WarehouseInputError(ValueError):
+    """The warehouse does not hold what the campaign was told to read."""
+
+
+def utc_now_text() -> str:
+    return utc_text(datetime.now(UTC))
+
+
+def utc_text(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def get_warehouse_hook(conn_id: str = WAREHOUSE_CONN_ID) -> DbApiHook:
+    from airflow.providers.common.sql.hooks.sql import DbApiHook
+    from airflow.sdk import BaseHook
+
+    # log_sql off: statement parameters carry recipient addresses, which do not belong in task logs.
+    hook = BaseHook.get_connection(conn_id).get_hook(hook_params={"log_sql": False})
+    if not isinstance(hook, DbApiHook):
+        raise WarehouseInputError(
+            f"connection {conn_id!r} is of type {type(hook).__name__}, not a SQL database common-sql supports"
+        )
+    return hook
+
+
+def quote_table(name: str) -> str:
+    """Quote a ``[schema.]table`` name, refusing anything that is not a plain identifier."""
+    parts = name.split(".")
+    if not 1 <= len(parts) <= 2 or not all(_IDENTIFIER.fullmatch(part) for part in parts):
+        raise WarehouseInputError(f"table name {name!r} is not a plain [schema.]table identifier")
+    return ".".join(f'"{part}"' for part in parts)
+
+
+def ensure_schema(hook: DbApiHook) -> None:
+    """Create the project's tables if missing. Idempotent, so every run can call it."""
+    if hook.dialect_name == "sqlite":
+        # WAL lets the planner stream the recipients table while it writes the staging table.
+        hook.run("PRAGMA journal_mode=WAL", autocommit=True)
+    hook.run(list(_SCHEMA))
+
+
+def table_columns(hook: DbApiHook, table: str) -> list[str]:
+    """Column names of a table, or a WarehouseInputError that names the table and the cause."""
+    sql = f"SELECT * FROM {quote_table(table)} WHERE 1 = 0"
+    try:
+        with closing(hook.get_conn()) as conn, closing(conn.cursor()) as cur:
+            cur.execute(sql)
+            return [column[0] for column in cur.description]
+    except WarehouseInputError:
+        raise
+    except Exception as err:
+        raise WarehouseInputError(
+            f"cannot read table {table!r} from connection {hook.get_conn_id()!r}: {err}"
+        ) from err
+
+
+def placeholders(hook: DbApiHook, count: int) -> str:
+    return ", ".join([hook.placeholder] * count)
+
+
+def fetch_dicts(hook: DbApiHook, sql: str, parameters: Sequence[Any]) -> list[dict[str, Any]]:
+    with closing(hook.get_conn()) as conn, closing(conn.cursor()) as cur:
+        cur.execute(sql, parameters)
+        names = [column[0] for column in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def insert_rows(hook: DbApiHook, table: str, rows: Iterable[Sequence[Any]], fields: Sequence[str]) -> None:
+    hook.insert_rows(table, rows, target_fields=list(fields), executemany=True)

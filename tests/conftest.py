@@ -1,0 +1,82 @@
+"""Test set-up: an isolated Airflow home, a real MigoSMTP sandbox process, and a SQLite warehouse per test.
+
+Airflow reads its configuration when first imported, so the environment is
+set here, before any test module imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="bulk-email-airflow-"))
+
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(_AIRFLOW_HOME),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        # Short server-error back-off so retry paths run in seconds, not minutes.
+        "AIRFLOW_VAR_MIGOSMTP_SERVER_ERROR_DELAYS": "[0.2, 0.2, 0.2]",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    }
+)
+
+API_KEY = "test-key"
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """A migrated metadata database in the session's own AIRFLOW_HOME (dag.test() needs one)."""
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        check=True,
+        capture_output=True,
+        env=os.environ.copy(),
+    )
+    return _AIRFLOW_HOME
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory):
+    from include.migosmtp_sandbox import SandboxProcess
+
+    with SandboxProcess(tmp_path_factory.mktemp("sandbox") / "sandbox.db", api_key=API_KEY) as process:
+        os.environ["AIRFLOW_CONN_MIGOSMTP_DEFAULT"] = json.dumps(
+            {
+                "conn_type": "http",
+                "host": process.host,
+                "port": process.port,
+                "schema": "http",
+                "password": API_KEY,
+            }
+        )
+        yield process
+
+
+@pytest.fixture
+def clean_sandbox(sandbox):
+    sandbox.reset()
+    yield sandbox
+    sandbox.reset()
+
+
+@pytest.fixture
+def warehouse(tmp_path, monkeypatch):
+    """A fresh SQLite warehouse behind ``warehouse_default``; returns its hook."""
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_WAREHOUSE_DEFAULT",
+        json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "warehouse.db")}),
+    )
+    from include.warehouse import get_warehouse_hook
+
+    return get_warehouse_hook()
