@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ def _airflow_env() -> None:
 
 
 def _next_utc_midnight() -> str:
-    today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     return (today + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -73,7 +73,7 @@ def main() -> int:
     hook = get_warehouse_hook()
     create_recipients_table(hook, "recipients", args.recipients, args.bad_every)
 
-    campaign_id = "demo-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    campaign_id = "demo-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     conf = {
         "campaign_id": campaign_id,
         "hourly_cap": args.hourly_cap,
@@ -101,8 +101,8 @@ def main() -> int:
 
     ledger = batch_ledger.rows(hook, campaign_id)
     rejected = hook.get_records(
-        "SELECT reason, COUNT(*) FROM email_rejected_recipients WHERE campaign_id = %s GROUP BY reason"
-        % hook.placeholder,
+        f"SELECT reason, COUNT(*) FROM email_rejected_recipients WHERE campaign_id = {hook.placeholder} "
+        "GROUP BY reason",
         parameters=(campaign_id,),
     )
     print(f"\nLedger email_batch_ledger for {campaign_id} (run {run.state}):")
