@@ -142,7 +142,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         moment = parsedate_to_datetime(value)
@@ -161,7 +161,7 @@ def _json_body(response: requests.Response) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-def _error_for(response: requests.Response) -> MigoSmtpError:
+def _error_for(response: requests.Response, conn_id: str) -> MigoSmtpError:
     status = response.status_code
     body = _json_body(response)
     code = body.get("error")
@@ -182,7 +182,7 @@ def _error_for(response: requests.Response) -> MigoSmtpError:
     if status == 401:
         return InvalidApiKey(
             f"MigoSMTP rejected the API key (401 {code}): {detail}. Fix the password of the "
-            f"{MIGOSMTP_CONN_ID!r} connection; not retried with the same key.",
+            f"{conn_id!r} connection; not retried with the same key.",
             status,
             code,
         )
@@ -192,16 +192,22 @@ def _error_for(response: requests.Response) -> MigoSmtpError:
 
 
 class MigoSmtpClient:
-    def __init__(self, conn_id: str = MIGOSMTP_CONN_ID, timeout: float = REQUEST_TIMEOUT_SECONDS) -> None:
+    """The calls the campaign makes. The timeout is 30 s unless given here or as the connection's
+    ``timeout`` extra."""
+
+    def __init__(self, conn_id: str = MIGOSMTP_CONN_ID, timeout: float | None = None) -> None:
         self._conn_id = conn_id
         self._timeout = timeout
 
     def _request(self, method: str, endpoint: str, **kwargs: Any) -> requests.Response:
         hook = MigoSmtpHook(method=method, migosmtp_conn_id=self._conn_id)
+        options: dict[str, Any] = {"check_response": False}
+        if self._timeout is not None:
+            options["timeout"] = self._timeout
+        elif "timeout" not in hook.get_connection(self._conn_id).extra_dejson:
+            options["timeout"] = REQUEST_TIMEOUT_SECONDS
         try:
-            return hook.run(
-                endpoint, extra_options={"check_response": False, "timeout": self._timeout}, **kwargs
-            )
+            return hook.run(endpoint, extra_options=options, **kwargs)
         except (requests.Timeout, requests.ConnectionError) as err:
             raise OutcomeUnknown(
                 f"no answer from MigoSMTP for {method} {endpoint} ({type(err).__name__}); "
@@ -212,7 +218,7 @@ class MigoSmtpClient:
         """Submit one batch. Raises a ``MigoSmtpError`` subclass that says what to do next."""
         response = self._request("POST", SEND_ENDPOINT, json=payload, headers={"Idempotency-Key": key})
         if not response.ok:
-            raise _error_for(response)
+            raise _error_for(response, self._conn_id)
         body = _json_body(response)
         batch_id = body.get("batch_id")
         if not isinstance(batch_id, str) or not batch_id:
@@ -229,7 +235,7 @@ class MigoSmtpClient:
         """The batch accepted under an idempotency key, or None if the provider has none."""
         response = self._request("GET", BATCHES_ENDPOINT, data={"idempotency_key": key})
         if not response.ok:
-            raise _error_for(response)
+            raise _error_for(response, self._conn_id)
         batches = _json_body(response).get("batches")
         if not isinstance(batches, list):
             raise MalformedResponse(

@@ -17,6 +17,7 @@ tests and impatient operators can shorten them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -27,20 +28,30 @@ if TYPE_CHECKING:
     from airflow.sdk.definitions.context import Context
 
 SERVER_ERROR_DELAYS_SECONDS = (10.0, 30.0, 120.0)
+MAX_DELAY_SECONDS = 86400.0
 DELAYS_VARIABLE = "migosmtp_server_error_delays"
 TRANSIENT_FAILURES_KEY = "migosmtp_transient_failures"
+
+
+def _is_delay(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_DELAY_SECONDS
 
 
 def _server_error_delays() -> Sequence[float]:
     from airflow.sdk import Variable
 
-    configured = Variable.get(DELAYS_VARIABLE, default=None, deserialize_json=True)
-    if configured is None:
+    raw = Variable.get(DELAYS_VARIABLE, default=None)
+    if raw is None:
         return SERVER_ERROR_DELAYS_SECONDS
-    if not isinstance(configured, list) or not all(
-        isinstance(d, (int, float)) and d >= 0 for d in configured
-    ):
-        raise ValueError(f"Variable {DELAYS_VARIABLE} must be a JSON list of seconds, got {configured!r}")
+    try:
+        configured = json.loads(raw)
+    except ValueError:
+        configured = None
+    if not isinstance(configured, list) or not all(_is_delay(d) for d in configured):
+        raise ValueError(
+            f"Variable {DELAYS_VARIABLE} must be a JSON list of seconds (0 to {MAX_DELAY_SECONDS:g}), "
+            f"got {raw!r}"
+        )
     return configured
 
 
@@ -75,6 +86,9 @@ class MigoSmtpRetryPolicy(RetryPolicy):
             delays = _server_error_delays()
             failures = _count_transient_failure(context, try_number)
             if failures > len(delays):
+                # Start the count afresh, so clearing the failed task later gets the full set of retries.
+                if context is not None and "task_state_store" in context:
+                    context["task_state_store"].set(TRANSIENT_FAILURES_KEY, 0)
                 return RetryDecision.fail(f"giving up after {failures} server-side failures: {exception}")
             return RetryDecision.retry(
                 timedelta(seconds=delays[failures - 1]),

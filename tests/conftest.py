@@ -80,3 +80,44 @@ def warehouse(tmp_path, monkeypatch):
     from include.warehouse import get_warehouse_hook
 
     return get_warehouse_hook()
+
+
+def load_campaign_dag():
+    """The real DAG, loaded the way Airflow loads it (a DagBag over dags/).
+
+    Loaded afresh for every run: ``dag.test(run_conf=...)`` writes the conf into
+    the DAG object's params, which would otherwise leak into the next run.
+    """
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
+    assert not bag.import_errors, bag.import_errors
+    return bag.get_dag("bulk_email_campaign")
+
+
+@pytest.fixture
+def run_campaign(airflow_db, clean_sandbox, warehouse):
+    """Run the DAG once with ``dag.test()``; returns the run's state and its task instances."""
+
+    def run(**conf):
+        conf.setdefault("campaign_id", "c1")
+        dag_run = load_campaign_dag().test(run_conf=conf)
+        return CampaignRun(dag_run.state, list(dag_run.get_task_instances()))
+
+    return run
+
+
+class CampaignRun:
+    def __init__(self, state, task_instances):
+        self.state = str(state)
+        self.task_instances = task_instances
+
+    def states(self, task_id: str) -> list[str]:
+        return [
+            str(ti.state)
+            for ti in sorted(self.task_instances, key=lambda t: t.map_index)
+            if ti.task_id == task_id
+        ]
+
+    def task(self, task_id: str, map_index: int = -1):
+        return next(ti for ti in self.task_instances if ti.task_id == task_id and ti.map_index == map_index)
