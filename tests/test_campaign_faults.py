@@ -1,0 +1,208 @@
+"""The article's error table, through the real DAG: faults injected in the sandbox, outcomes read from its record.
+
+Three batches of 10 (30 recipients, 10 per request). Server-error back-off is
+shortened to 0.2 s by conftest; a 429's Retry-After is honoured as sent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from include import batch_ledger
+from include.sample_audience import create_recipients_table
+
+SMALL = {"max_batch_size": 10, "hourly_cap": 1000, "daily_cap": 1000, "start_at": "2026-12-01T09:00:00Z"}
+
+
+@pytest.fixture
+def audience(warehouse):
+    create_recipients_table(warehouse, "recipients", 30)
+    return warehouse
+
+
+def posts(sandbox):
+    return [r for r in sandbox.requests() if r["method"] == "POST"]
+
+
+def ledger(warehouse):
+    return batch_ledger.rows(warehouse, "c1")
+
+
+def assert_each_recipient_scheduled_once(sandbox, expected: int = 30):
+    received = Counter(r["to"] for b in sandbox.record()["batches"] for r in b["recipients"])
+    assert sum(received.values()) == len(received) == expected
+
+
+def assert_ledger_matches_sandbox(warehouse, sandbox):
+    sent = {b["idempotency_key"]: b["batch_id"] for b in sandbox.record()["batches"]}
+    scheduled = {r["idempotency_key"]: r["batch_id"] for r in ledger(warehouse) if r["status"] == "scheduled"}
+    assert scheduled == sent
+
+
+class TestServerErrors:
+    def test_5xx_that_recover_are_retried_and_each_batch_lands_once(self, run_campaign, audience, sandbox):
+        sandbox.set_faults([{"action": "status", "status": 503, "times": 2}])
+
+        run = run_campaign(**SMALL)
+
+        assert run.state == "success"
+        assert [r["status_code"] for r in posts(sandbox)].count(503) == 2
+        assert len(posts(sandbox)) == 5
+        assert_each_recipient_scheduled_once(sandbox)
+        assert_ledger_matches_sandbox(audience, sandbox)
+        assert sum(r["attempts"] for r in ledger(audience)) == 5
+
+    def test_5xx_that_persist_fail_the_batch_after_three_retries(self, run_campaign, warehouse, sandbox):
+        create_recipients_table(warehouse, "recipients", 10)
+        sandbox.set_faults([{"action": "status", "status": 500, "times": 100}])
+
+        run = run_campaign(**SMALL)
+
+        assert run.state == "failed"
+        assert run.states("send_batch") == ["failed"]
+        assert run.states("close_ledger") == ["failed"]
+        assert len(posts(sandbox)) == 4  # the first try and 3 retries, as the article says
+        assert run.task("send_batch", 0).try_number == 4
+        [row] = ledger(warehouse)
+        assert row["status"] == "failed" and row["attempts"] == 4
+        assert "server error (500 internal_error)" in row["last_error"]
+        assert sandbox.record()["batches"] == []
+
+
+class TestRateLimit:
+    def test_429_waits_retry_after_and_does_not_use_up_the_5xx_retries(self, run_campaign, warehouse, sandbox):
+        create_recipients_table(warehouse, "recipients", 10)
+        sandbox.set_faults(
+            [
+                {"action": "status", "status": 429, "retry_after": "1", "times": 2},
+                {"action": "status", "status": 500, "times": 3},
+            ]
+        )
+
+        run = run_campaign(**SMALL)
+
+        assert run.state == "success"
+        assert [r["status_code"] for r in posts(sandbox)] == [429, 429, 500, 500, 500, 202]
+        assert run.task("send_batch", 0).try_number == 6
+        assert_each_recipient_scheduled_once(sandbox, 10)
+        assert_ledger_matches_sandbox(warehouse, sandbox)
+
+
+class TestErrorsThatMustNotBeRetried:
+    def test_402_quota_exceeded_fails_the_batch_at_once(self, run_campaign, audience, sandbox):
+        sandbox.set_faults([{"action": "status", "status": 402, "times": 1}])
+
+        run = run_campaign(**SMALL)
+
+        assert run.state == "failed"
+        assert sorted(run.states("send_batch")) == ["failed", "success", "success"]
+        failed = [r for r in ledger(audience) if r["status"] == "failed"]
+        assert len(failed) == 1 and failed[0]["attempts"] == 1
+        assert "quota exceeded" in failed[0]["last_error"] and "monthly reset" in failed[0]["last_error"]
+        assert len(posts(sandbox)) == 3  # no retry of the refused batch
+        assert_each_recipient_scheduled_once(sandbox, 20)
+        assert_ledger_matches_sandbox(audience, sandbox)
+
+    def test_the_real_monthly_quota_running_out_part_way(self, run_campaign, audience, sandbox):
+        sandbox.update_settings(monthly_limit=25)
+
+        run = run_campaign(**SMALL)
+
+        assert run.state == "failed"
+        statuses = [r["status"] for r in ledger(audience)]
+        assert statuses.count("scheduled") == 2 and statuses.count("failed") == 1
+        assert len(posts(sandbox)) == 3
+        assert_each_recipient_scheduled_once(sandbox, 20)
+
+    def test_401_wrong_key_fails_every_batch_without_retrying(
+        self, run_campaign, audience, sandbox, monkeypatch
+    ):
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_MIGOSMTP_DEFAULT",
+            json.dumps({"conn_type": "http", "host": sandbox.host, "port": sandbox.port, "password": "wrong"}),
+        )
+
+        run = run_campaign(**SMALL)
+
+        assert run.state == "failed"
+        assert run.states("send_batch") == ["failed"] * 3
+        assert [run.task("send_batch", i).try_number for i in range(3)] == [1, 1, 1]
+        assert [r["status_code"] for r in posts(sandbox)] == [401] * 3
+        assert all("migosmtp_default" in r["last_error"] for r in ledger(audience))
+        assert "wrong" not in "".join(r["last_error"] for r in ledger(audience))
+        assert sandbox.record()["batches"] == []
+
+    @pytest.mark.parametrize(
+        "fault, message",
+        [
+            ({"action": "status", "status": 400, "message": "html is too large"}, "html is too large"),
+            ({"action": "malformed"}, "without a batch_id"),
+        ],
+        ids=["other 4xx", "malformed 2xx"],
+    )
+    def test_a_refused_or_unreadable_answer_fails_at_once_with_its_reason(
+        self, run_campaign, warehouse, sandbox, fault, message
+    ):
+        create_recipients_table(warehouse, "recipients", 10)
+        sandbox.set_faults([fault])
+
+        run = run_campaign(**SMALL)
+
+        assert run.state == "failed"
+        assert run.task("send_batch", 0).try_number == 1
+        [row] = ledger(warehouse)
+        assert row["status"] == "failed" and message in row["last_error"]
+        assert len(posts(sandbox)) == 1
+
+
+class TestNoAnswer:
+    def test_accepted_but_answer_dropped_is_found_by_key_not_sent_again(self, run_campaign, audience, sandbox):
+        sandbox.set_faults([{"action": "drop_after_accept", "times": 1}])
+
+        run = run_campaign(**SMALL)
+
+        assert run.state == "success"
+        assert len(sandbox.record()["batches"]) == 3
+        assert len(posts(sandbox)) == 3  # the dropped batch was found by its key, not re-posted
+        lookups = [r for r in sandbox.requests() if r["method"] == "GET"]
+        assert len(lookups) == 1
+        assert_each_recipient_scheduled_once(sandbox)
+        assert_ledger_matches_sandbox(audience, sandbox)
+
+    def test_timeout_is_checked_with_the_api_before_resending(self, run_campaign, warehouse, sandbox, monkeypatch):
+        create_recipients_table(warehouse, "recipients", 10)
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_MIGOSMTP_DEFAULT",
+            json.dumps(
+                {
+                    "conn_type": "http",
+                    "host": sandbox.host,
+                    "port": sandbox.port,
+                    "password": "test-key",
+                    "extra": {"timeout": 1},
+                }
+            ),
+        )
+        sandbox.set_faults([{"action": "latency", "seconds": 2, "times": 1}])
+
+        run = run_campaign(**SMALL)
+
+        assert run.state == "success"
+        assert run.task("send_batch", 0).try_number >= 2
+        assert len(sandbox.record()["batches"]) == 1
+        assert_each_recipient_scheduled_once(sandbox, 10)
+        assert_ledger_matches_sandbox(warehouse, sandbox)
+
+    def test_connection_dropped_before_acceptance_is_resent_once(self, run_campaign, warehouse, sandbox):
+        create_recipients_table(warehouse, "recipients", 10)
+        sandbox.set_faults([{"action": "drop", "times": 1}])
+
+        run = run_campaign(**SMALL)
+
+        assert run.state == "success"
+        assert [r["method"] for r in sandbox.requests()] == ["POST", "GET", "POST"]
+        assert_each_recipient_scheduled_once(sandbox, 10)
+        assert_ledger_matches_sandbox(warehouse, sandbox)
