@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import pandas as pd
+
 REQUIRED_COLUMNS = ("recipient_id", "email")
 VARIABLES_COLUMN = "variables"
 
@@ -44,13 +46,16 @@ class ScreenedChunk:
 
 
 def _scalar(value: Any) -> Any:
-    """A pandas/NumPy cell as a plain Python value, None for SQL NULL."""
-    if value is None:
+    """A pandas/NumPy cell as a plain Python value; None for SQL NULL (None, NaN, NaT, NA)."""
+    if value is None or value is pd.NaT or value is pd.NA:
         return None
     if hasattr(value, "item"):  # NumPy scalar
         value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if value.is_integer():  # an INTEGER column with NULLs arrives as float: 30.0 means 30
+            return int(value)
     return value
 
 
@@ -58,8 +63,6 @@ def normalize_recipient_id(value: Any) -> str | None:
     value = _scalar(value)
     if value is None:
         return None
-    if isinstance(value, float) and value.is_integer():  # an INTEGER column read with NULLs becomes float
-        value = int(value)
     text = str(value).strip()
     return text or None
 

@@ -24,7 +24,7 @@ class PlanCaps:
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "hourly_cap", "daily_cap"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.max_batch_size > API_MAX_RECIPIENTS_PER_REQUEST:
             raise ValueError(

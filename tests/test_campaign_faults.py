@@ -1,4 +1,4 @@
-"""The article's error table, through the real DAG: faults injected in the sandbox, outcomes read from its record.
+"""The article's error table through the real DAG: faults injected in the sandbox, outcomes read from it.
 
 Three batches of 10 (30 recipients, 10 per request). Server-error back-off is
 shortened to 0.2 s by conftest; a 429's Retry-After is honoured as sent.
@@ -73,7 +73,9 @@ class TestServerErrors:
 
 
 class TestRateLimit:
-    def test_429_waits_retry_after_and_does_not_use_up_the_5xx_retries(self, run_campaign, warehouse, sandbox):
+    def test_429_waits_retry_after_and_does_not_use_up_the_5xx_retries(
+        self, run_campaign, warehouse, sandbox
+    ):
         create_recipients_table(warehouse, "recipients", 10)
         sandbox.set_faults(
             [
@@ -122,7 +124,9 @@ class TestErrorsThatMustNotBeRetried:
     ):
         monkeypatch.setenv(
             "AIRFLOW_CONN_MIGOSMTP_DEFAULT",
-            json.dumps({"conn_type": "http", "host": sandbox.host, "port": sandbox.port, "password": "wrong"}),
+            json.dumps(
+                {"conn_type": "http", "host": sandbox.host, "port": sandbox.port, "password": "wrong"}
+            ),
         )
 
         run = run_campaign(**SMALL)
@@ -159,7 +163,9 @@ class TestErrorsThatMustNotBeRetried:
 
 
 class TestNoAnswer:
-    def test_accepted_but_answer_dropped_is_found_by_key_not_sent_again(self, run_campaign, audience, sandbox):
+    def test_accepted_but_answer_dropped_is_found_by_key_not_sent_again(
+        self, run_campaign, audience, sandbox
+    ):
         sandbox.set_faults([{"action": "drop_after_accept", "times": 1}])
 
         run = run_campaign(**SMALL)
@@ -172,7 +178,9 @@ class TestNoAnswer:
         assert_each_recipient_scheduled_once(sandbox)
         assert_ledger_matches_sandbox(audience, sandbox)
 
-    def test_timeout_is_checked_with_the_api_before_resending(self, run_campaign, warehouse, sandbox, monkeypatch):
+    def test_timeout_is_checked_with_the_api_before_resending(
+        self, run_campaign, warehouse, sandbox, monkeypatch
+    ):
         create_recipients_table(warehouse, "recipients", 10)
         monkeypatch.setenv(
             "AIRFLOW_CONN_MIGOSMTP_DEFAULT",
