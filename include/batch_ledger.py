@@ -125,6 +125,24 @@ def fail_unfinished(hook: DbApiHook, campaign_id: str, reason: str) -> None:
     )
 
 
+def occupied_slots(hook: DbApiHook, campaign_id: str, since: datetime) -> dict[datetime, int]:
+    """Recipients other campaigns have at the provider, per send_at, from the start of ``since``'s UTC day.
+
+    The plan's hourly and daily caps are the account's, so these count against them
+    (the whole day's, since the daily cap counts hours before ``since`` too).
+    """
+    from datetime import datetime
+
+    p = hook.placeholder
+    found = fetch_dicts(
+        hook,
+        f"SELECT send_at, SUM(recipient_count) AS recipients FROM {LEDGER_TABLE} "
+        f"WHERE campaign_id <> {p} AND status NOT IN ({p}, {p}) AND send_at >= {p} GROUP BY send_at",
+        (campaign_id, PLANNED, FAILED, utc_text(since.replace(hour=0, minute=0, second=0, microsecond=0))),
+    )
+    return {datetime.fromisoformat(r["send_at"].replace("Z", "+00:00")): int(r["recipients"]) for r in found}
+
+
 def summarize(ledger_rows: list[dict[str, Any]]) -> LedgerSummary:
     by_status: dict[str, int] = {}
     for r in ledger_rows:

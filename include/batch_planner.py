@@ -9,8 +9,10 @@ any size through it without holding the list.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 API_MAX_RECIPIENTS_PER_REQUEST = 1000
 
@@ -51,16 +53,28 @@ class BatchPacker:
     ``hourly_cap``; a slot is skipped once its UTC day has reached ``daily_cap``.
     Batches in one hour slot share that slot's ``send_at`` (the slot's start, or
     ``start_at`` itself for the first, possibly partial, slot).
+
+    The caps are the account's, not the campaign's: ``occupied`` gives the
+    recipients already scheduled per hour slot (by other campaigns), and those
+    count against both the hour's and the day's cap.
     """
 
-    def __init__(self, caps: PlanCaps, start_at: datetime) -> None:
+    def __init__(
+        self, caps: PlanCaps, start_at: datetime, occupied: Mapping[datetime, int] | None = None
+    ) -> None:
         if start_at.tzinfo is None:
             raise ValueError("start_at must be timezone-aware (UTC)")
         self._caps = caps
         self._start_at = start_at.astimezone(UTC)
+        self._occupied: Counter[datetime] = Counter()
+        self._occupied_days: Counter[date] = Counter()
+        for moment, count in (occupied or {}).items():
+            slot = _hour_floor(moment.astimezone(UTC))
+            self._occupied[slot] += count
+            self._occupied_days[slot.date()] += count
         self._slot = _hour_floor(self._start_at)
-        self._slot_used = 0
-        self._day_used = 0
+        self._slot_used = self._occupied[self._slot]
+        self._day_used = self._occupied_days[self._slot.date()]
         self._open: Batch | None = None
         self._closed: list[Batch] = []
 
@@ -106,15 +120,17 @@ class BatchPacker:
             else:
                 next_slot = self._slot + timedelta(hours=1)
             if next_slot.date() != self._slot.date():
-                self._day_used = 0
-            self._slot, self._slot_used = next_slot, 0
+                self._day_used = self._occupied_days[next_slot.date()]
+            self._slot, self._slot_used = next_slot, self._occupied[next_slot]
         number = len(self._closed) + 1
         self._open = Batch(number, max(self._slot, self._start_at), 0)
 
 
-def plan_batches(recipient_count: int, caps: PlanCaps, start_at: datetime) -> list[Batch]:
+def plan_batches(
+    recipient_count: int, caps: PlanCaps, start_at: datetime, occupied: Mapping[datetime, int] | None = None
+) -> list[Batch]:
     """Plan batches for a known number of recipients (the same packing, without a stream)."""
-    packer = BatchPacker(caps, start_at)
+    packer = BatchPacker(caps, start_at, occupied)
     for _ in range(recipient_count):
         packer.assign()
     packer.finish()

@@ -120,7 +120,8 @@ def plan_campaign(params: dict[str, Any], chunk_rows: int = CHUNK_ROWS) -> list[
     _refuse_resend(hook, campaign_id)
     _clear_unsent_plan(hook, campaign_id)
 
-    packer = BatchPacker(settings.caps, settings.start_at)
+    occupied = batch_ledger.occupied_slots(hook, campaign_id, settings.start_at)
+    packer = BatchPacker(settings.caps, settings.start_at, occupied)
     read = rejected = staged = 0
     open_batch_ids: list[str] = []
 

@@ -346,3 +346,36 @@ class TestPlanInvariants:
         assert packer.batches == expected
         assert numbers == sorted(numbers)
         assert Counter(numbers) == {b.batch_number: b.recipient_count for b in expected}
+
+
+class TestOccupiedSlots:
+    """The caps are the account's: what other campaigns scheduled counts against them."""
+
+    CAPS = PlanCaps(max_batch_size=1000, hourly_cap=150, daily_cap=1500)
+
+    def test_a_partly_used_hour_takes_only_what_is_left(self):
+        batches = plan_batches(200, self.CAPS, at(1, 9), {at(1, 9): 100, at(1, 10): 120})
+
+        assert layout(batches) == [(1, at(1, 9), 50), (2, at(1, 10), 30), (3, at(1, 11), 120)]
+
+    def test_entries_within_one_hour_add_up(self):
+        batches = plan_batches(100, self.CAPS, at(1, 9), {at(1, 9): 60, at(1, 9, 30): 60})
+
+        assert layout(batches) == [(1, at(1, 9), 30), (2, at(1, 10), 70)]
+
+    def test_a_day_already_full_is_skipped_whole(self):
+        occupied = {at(1, hour): 150 for hour in range(10)}
+
+        batches = plan_batches(10, self.CAPS, at(1, 9), occupied)
+
+        assert layout(batches) == [(1, at(2, 0), 10)]
+
+    def test_the_daily_cap_counts_hours_before_start_at(self):
+        batches = plan_batches(300, self.CAPS, at(1, 12), {at(1, hour): 150 for hour in range(9)})
+
+        assert per_day(batches) == {date(2026, 12, 1): 150, date(2026, 12, 2): 150}
+
+    def test_an_overfull_hour_is_skipped_not_made_worse(self):
+        batches = plan_batches(10, self.CAPS, at(1, 9), {at(1, 9): 400})
+
+        assert layout(batches) == [(1, at(1, 10), 10)]

@@ -49,7 +49,7 @@ class TestArticleCampaign:
             per_day[b["send_at"][:10]] += b["recipient_count"]
             per_hour[b["send_at"][:13]] += b["recipient_count"]
             assert b["subject"] == SUBJECT and b["html"] == HTML and b["text"] == TEXT
-        assert list(per_day.values()) == [1500, 1500, 1500, 500]
+        assert [per_day[day] for day in sorted(per_day)] == [1500, 1500, 1500, 500]
         assert max(per_hour.values()) == 150
         first = next(b for b in record if b["recipients"][0]["to"] == "user1@example.com")
         assert first["recipients"][0]["variables"] == {"first_name": "Ada", "segment": "s1"}
@@ -185,3 +185,79 @@ class TestBadInputStopsBeforeSending:
                 run_campaign(**{**ARTICLE_CONF, **bad})
 
         assert sandbox.requests() == []
+
+
+class TestResendingOnlyWhatFailed:
+    """What clearing the failed mapped tasks runs: every batch's send_batch again, then close_ledger."""
+
+    def test_a_cleared_run_sends_only_the_failed_batch_and_then_succeeds(
+        self, run_campaign, warehouse, sandbox
+    ):
+        from include.campaign_tasks import close_ledger, send_batch
+
+        create_recipients_table(warehouse, "recipients", 30)
+        conf = {
+            "max_batch_size": 10,
+            "hourly_cap": 1000,
+            "daily_cap": 1000,
+            "start_at": "2026-12-01T09:00:00Z",
+        }
+        sandbox.set_faults([{"action": "status", "status": 402, "times": 1}])
+        assert run_campaign(**conf).state == "failed"
+        [failed] = [r for r in ledger_by_batch(warehouse).values() if r["status"] == "failed"]
+        posts_before = len(sends(sandbox))
+
+        params = {
+            "campaign_id": "c1",
+            "recipients_table": "recipients",
+            "from_email": "news@example.com",
+            "subject": "s",
+            "html_body": "h",
+            "text_body": "t",
+            **conf,
+        }
+        outcomes = [send_batch({"batch_number": n}, params, try_number=1) for n in (1, 2, 3)]
+
+        assert [o["resent"] for o in outcomes] == [
+            o["batch_number"] == failed["batch_number"] for o in outcomes
+        ]
+        assert len(sends(sandbox)) == posts_before + 1
+        assert close_ledger(params, planned=[{}])["scheduled"] == 3
+        received = Counter(r["to"] for b in sandbox.record()["batches"] for r in b["recipients"])
+        assert len(received) == 30 and set(received.values()) == {1}
+
+
+class TestCapsAreTheAccounts:
+    def test_a_second_campaign_fills_around_what_the_first_scheduled(self, run_campaign, warehouse, sandbox):
+        create_recipients_table(warehouse, "recipients", 200)
+        conf = {"start_at": "2026-12-01T09:00:00Z", "hourly_cap": 150, "daily_cap": 1500}
+        assert run_campaign(campaign_id="first", **conf).state == "success"
+
+        assert run_campaign(campaign_id="second", **conf).state == "success"
+
+        per_hour = Counter()
+        for b in sandbox.record()["batches"]:
+            per_hour[b["send_at"]] += b["recipient_count"]
+        assert per_hour == {
+            "2026-12-01T09:00:00Z": 150,
+            "2026-12-01T10:00:00Z": 150,
+            "2026-12-01T11:00:00Z": 100,
+        }
+
+    def test_the_daily_cap_counts_what_was_scheduled_earlier_that_day(self, run_campaign, warehouse, sandbox):
+        create_recipients_table(warehouse, "recipients", 200)
+        assert (
+            run_campaign(
+                campaign_id="morning", start_at="2026-12-01T00:00:00Z", hourly_cap=100, daily_cap=250
+            ).state
+            == "success"
+        )
+
+        run_campaign(campaign_id="evening", start_at="2026-12-01T20:00:00Z", hourly_cap=100, daily_cap=250)
+
+        evening = [b for b in sandbox.record()["batches"] if "campaign:evening" in b["tags"]]
+        assert sorted((b["send_at"], b["recipient_count"]) for b in evening) == [
+            ("2026-12-01T20:00:00Z", 50),
+            ("2026-12-02T00:00:00Z", 100),
+            ("2026-12-02T01:00:00Z", 50),
+        ]
