@@ -78,10 +78,12 @@ def upsert_planned(
     )
 
 
-def rows(hook: DbApiHook, campaign_id: str) -> list[dict[str, Any]]:
+def rows(hook: DbApiHook, campaign_id: str, with_recipient_ids: bool = False) -> list[dict[str, Any]]:
+    """The campaign's ledger rows; recipient id lists only on request, as they grow with the audience."""
+    columns = ", ".join(f for f in _FIELDS if with_recipient_ids or f != "recipient_ids")
     return fetch_dicts(
         hook,
-        f"SELECT * FROM {LEDGER_TABLE} WHERE campaign_id = {hook.placeholder} ORDER BY batch_number",
+        f"SELECT {columns} FROM {LEDGER_TABLE} WHERE campaign_id = {hook.placeholder} ORDER BY batch_number",
         (campaign_id,),
     )
 

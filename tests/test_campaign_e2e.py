@@ -20,7 +20,7 @@ TEXT = "Hello {{first_name}}"
 
 
 def ledger_by_batch(warehouse, campaign_id="c1"):
-    return {r["batch_number"]: r for r in batch_ledger.rows(warehouse, campaign_id)}
+    return {r["batch_number"]: r for r in batch_ledger.rows(warehouse, campaign_id, with_recipient_ids=True)}
 
 
 def sends(sandbox):
