@@ -15,7 +15,13 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from include import batch_ledger
-from include.audience import REQUIRED_COLUMNS, screen_chunk
+from include.audience import (
+    REQUIRED_COLUMNS,
+    Recipient,
+    normalize_email,
+    normalize_recipient_id,
+    screen_chunk,
+)
 from include.batch_planner import Batch, BatchPacker
 from include.campaign_settings import CampaignSettings, CampaignSettingsError
 from include.warehouse import (
@@ -79,8 +85,6 @@ def _clear_unsent_plan(hook, campaign_id: str) -> None:
 
 def _already_staged(hook, campaign_id: str, rows: list[dict[str, Any]]) -> tuple[set[str], set[str]]:
     """Emails and recipient ids of this chunk that earlier chunks staged (index look-ups, chunk-sized)."""
-    from include.audience import normalize_email, normalize_recipient_id
-
     emails = sorted({e for e in (normalize_email(r["email"]) for r in rows) if e})
     ids = sorted({i for i in (normalize_recipient_id(r["recipient_id"]) for r in rows) if i})
     if not emails and not ids:
@@ -203,8 +207,6 @@ def plan_campaign(params: dict[str, Any], chunk_rows: int = CHUNK_ROWS) -> list[
 
 
 def _staged_recipients(hook, campaign_id: str, batch_number: int):
-    from include.audience import Recipient
-
     p = hook.placeholder
     staged = fetch_dicts(
         hook,
