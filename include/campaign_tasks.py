@@ -84,20 +84,26 @@ def _clear_unsent_plan(hook, campaign_id: str) -> None:
 
 
 def _already_staged(hook, campaign_id: str, rows: list[dict[str, Any]]) -> tuple[set[str], set[str]]:
-    """Emails and recipient ids of this chunk that earlier chunks staged (index look-ups, chunk-sized)."""
-    emails = sorted({e for e in (normalize_email(r["email"]) for r in rows) if e})
-    ids = sorted({i for i in (normalize_recipient_id(r["recipient_id"]) for r in rows) if i})
-    if not emails and not ids:
-        return set(), set()
-    p = hook.placeholder
-    found = fetch_dicts(
-        hook,
-        f"SELECT email, recipient_id FROM {STAGING_TABLE} WHERE campaign_id = {p} AND "
-        f"(email IN ({placeholders(hook, len(emails)) or 'NULL'}) "
-        f"OR recipient_id IN ({placeholders(hook, len(ids)) or 'NULL'}))",
-        (campaign_id, *emails, *ids),
-    )
-    return {f["email"] for f in found}, {f["recipient_id"] for f in found}
+    """Emails and recipient ids of this chunk that earlier chunks staged.
+
+    One indexed look-up per key column (an OR of the two would make SQLite scan the
+    campaign's staged rows per chunk), each bounded by the chunk size.
+    """
+    emails = {e for e in (normalize_email(r["email"]) for r in rows) if e}
+    ids = {i for i in (normalize_recipient_id(r["recipient_id"]) for r in rows) if i}
+
+    def staged(column: str, values: set[str]) -> set[str]:
+        if not values:
+            return set()
+        found = fetch_dicts(
+            hook,
+            f"SELECT {column} FROM {STAGING_TABLE} WHERE campaign_id = {hook.placeholder} "
+            f"AND {column} IN ({placeholders(hook, len(values))})",
+            (campaign_id, *sorted(values)),
+        )
+        return {f[column] for f in found}
+
+    return staged("email", emails), staged("recipient_id", ids)
 
 
 def plan_campaign(params: dict[str, Any], chunk_rows: int = CHUNK_ROWS) -> list[dict[str, Any]]:
