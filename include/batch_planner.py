@@ -10,7 +10,7 @@ any size through it without holding the list.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -42,21 +42,56 @@ class Batch:
     recipient_count: int
 
 
-def _hour_floor(moment: datetime) -> datetime:
-    return moment.replace(minute=0, second=0, microsecond=0)
+def hour_floor(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+class SlotCalendar:
+    """Recipients per clock hour and per UTC day, held against the caps.
+
+    The caps are the account's, not one campaign's: ``occupied`` (recipients
+    already scheduled, by send_at) counts against both the hour and the day.
+    """
+
+    def __init__(self, caps: PlanCaps, occupied: Mapping[datetime, int] | None = None) -> None:
+        self._caps = caps
+        self._hours: Counter[datetime] = Counter()
+        self._days: Counter[date] = Counter()
+        for moment, count in (occupied or {}).items():
+            self.take(hour_floor(moment), count)
+
+    def room(self, slot: datetime) -> int:
+        return max(
+            0,
+            min(self._caps.hourly_cap - self._hours[slot], self._caps.daily_cap - self._days[slot.date()]),
+        )
+
+    def take(self, slot: datetime, count: int) -> None:
+        self._hours[slot] += count
+        self._days[slot.date()] += count
+
+    def first_slot_with_room(self, slot: datetime, needed: int = 1) -> datetime:
+        """The first hour from ``slot`` on with room for ``needed``; days without room are skipped whole."""
+        if needed > min(self._caps.hourly_cap, self._caps.daily_cap):
+            raise ValueError(
+                f"{needed} recipients can never fit one slot under hourly_cap {self._caps.hourly_cap} "
+                f"and daily_cap {self._caps.daily_cap}"
+            )
+        while self.room(slot) < needed:
+            if self._days[slot.date()] + needed > self._caps.daily_cap:
+                slot = (slot + timedelta(days=1)).replace(hour=0)
+            else:
+                slot += timedelta(hours=1)
+        return slot
 
 
 class BatchPacker:
     """Assign recipients, in arrival order, to numbered batches.
 
-    A batch closes when it reaches ``max_batch_size`` or its hour slot reaches
-    ``hourly_cap``; a slot is skipped once its UTC day has reached ``daily_cap``.
-    Batches in one hour slot share that slot's ``send_at`` (the slot's start, or
-    ``start_at`` itself for the first, possibly partial, slot).
-
-    The caps are the account's, not the campaign's: ``occupied`` gives the
-    recipients already scheduled per hour slot (by other campaigns), and those
-    count against both the hour's and the day's cap.
+    A batch closes when it reaches ``max_batch_size`` or its hour slot has no
+    room left (hourly or daily cap). Batches in one hour slot share that slot's
+    ``send_at``: the slot's start, or ``start_at`` itself for the first,
+    possibly partial, slot.
     """
 
     def __init__(
@@ -66,28 +101,24 @@ class BatchPacker:
             raise ValueError("start_at must be timezone-aware (UTC)")
         self._caps = caps
         self._start_at = start_at.astimezone(UTC)
-        self._occupied: Counter[datetime] = Counter()
-        self._occupied_days: Counter[date] = Counter()
-        for moment, count in (occupied or {}).items():
-            slot = _hour_floor(moment.astimezone(UTC))
-            self._occupied[slot] += count
-            self._occupied_days[slot.date()] += count
-        self._slot = _hour_floor(self._start_at)
-        self._slot_used = self._occupied[self._slot]
-        self._day_used = self._occupied_days[self._slot.date()]
+        self._calendar = SlotCalendar(caps, occupied)
+        self._slot = hour_floor(self._start_at)
         self._open: Batch | None = None
         self._closed: list[Batch] = []
 
     def assign(self) -> tuple[int, Batch | None]:
         """Place one recipient. Returns its batch number and the batch this closed, if any."""
         closed = None
-        if self._open is None or not self._open_has_room():
+        if (
+            self._open is None
+            or self._open.recipient_count >= self._caps.max_batch_size
+            or not self._calendar.room(self._slot)
+        ):
             closed = self._close_open_batch()
-            self._open_next_batch()
-        assert self._open is not None
+            self._slot = self._calendar.first_slot_with_room(self._slot)
+            self._open = Batch(len(self._closed) + 1, max(self._slot, self._start_at), 0)
         self._open = Batch(self._open.batch_number, self._open.send_at, self._open.recipient_count + 1)
-        self._slot_used += 1
-        self._day_used += 1
+        self._calendar.take(self._slot, 1)
         return self._open.batch_number, closed
 
     def finish(self) -> Batch | None:
@@ -99,31 +130,11 @@ class BatchPacker:
         """Closed batches so far. Small: one descriptor per request, not per recipient."""
         return list(self._closed)
 
-    def _open_has_room(self) -> bool:
-        assert self._open is not None
-        return (
-            self._open.recipient_count < self._caps.max_batch_size
-            and self._slot_used < self._caps.hourly_cap
-            and self._day_used < self._caps.daily_cap
-        )
-
     def _close_open_batch(self) -> Batch | None:
         closed, self._open = self._open, None
         if closed is not None:
             self._closed.append(closed)
         return closed
-
-    def _open_next_batch(self) -> None:
-        while self._slot_used >= self._caps.hourly_cap or self._day_used >= self._caps.daily_cap:
-            if self._day_used >= self._caps.daily_cap:
-                next_slot = (self._slot + timedelta(days=1)).replace(hour=0)
-            else:
-                next_slot = self._slot + timedelta(hours=1)
-            if next_slot.date() != self._slot.date():
-                self._day_used = self._occupied_days[next_slot.date()]
-            self._slot, self._slot_used = next_slot, self._occupied[next_slot]
-        number = len(self._closed) + 1
-        self._open = Batch(number, max(self._slot, self._start_at), 0)
 
 
 def plan_batches(
@@ -135,3 +146,20 @@ def plan_batches(
         packer.assign()
     packer.finish()
     return packer.batches
+
+
+def place_whole_batches(
+    sizes: Sequence[int], caps: PlanCaps, start_at: datetime, occupied: Mapping[datetime, int] | None = None
+) -> list[datetime]:
+    """New send_at for batches that must keep their recipients (a resume): each goes, whole, into
+    the first slot from ``start_at`` with room for it."""
+    if start_at.tzinfo is None:
+        raise ValueError("start_at must be timezone-aware (UTC)")
+    calendar = SlotCalendar(caps, occupied)
+    first = hour_floor(start_at)
+    placed = []
+    for size in sizes:
+        slot = calendar.first_slot_with_room(first, size)
+        calendar.take(slot, size)
+        placed.append(max(slot, start_at.astimezone(UTC)))
+    return placed
