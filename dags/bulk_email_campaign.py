@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, TriggerRule, get_current_context, task
 
+from include.campaign_alerts import CampaignHaltNotifier
 from include.campaign_settings import campaign_params
 from include.migosmtp_retry_policy import MigoSmtpRetryPolicy
 
@@ -33,19 +34,25 @@ with DAG(
 
     # Retries follow the provider's error table (see MigoSmtpRetryPolicy); the
     # retry count only bounds how many 429 waits one batch may sit through.
-    @task(retries=12, retry_policy=MigoSmtpRetryPolicy(), map_index_template="{{ batch_label }}")
+    @task(
+        retries=12,
+        retry_policy=MigoSmtpRetryPolicy(),
+        on_failure_callback=CampaignHaltNotifier(),
+        map_index_template="{{ batch_label }}",
+    )
     def send_batch(batch: dict) -> dict:
         from include.campaign_tasks import batch_label, send_batch
 
         context = get_current_context()
         context["batch_label"] = batch_label(batch)
-        return send_batch(batch, context["params"], context["ti"].try_number)
+        return send_batch(batch, context["params"], context["run_id"])
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def close_ledger(planned: list[dict] | None) -> dict:
         from include.campaign_tasks import close_ledger
 
-        return close_ledger(get_current_context()["params"], planned)
+        context = get_current_context()
+        return close_ledger(context["params"], planned, context["run_id"])
 
     planned = plan()
     send_batch.expand(batch=planned) >> close_ledger(planned)

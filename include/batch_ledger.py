@@ -1,9 +1,12 @@
 """The batch ledger, ``email_batch_ledger``: one row per (campaign_id, batch_number).
 
-Rows are written as ``planned`` before anything is sent, and each batch's
-task records its own outcome (``scheduled`` with the provider's batch id, or
-``failed`` with the error) the moment it knows it. A run that dies half-way
-therefore leaves a ledger that says exactly what reached the provider.
+Rows are written as ``planned`` before anything is sent. Each batch's task
+counts an attempt *before* its request leaves (so ``attempts > 0`` means the
+provider may have the batch, and a later attempt asks it first), then records
+the outcome the moment it knows it: ``scheduled`` with the provider's batch
+id, ``failed`` with the error, or ``halted`` (not sent, because the campaign
+was halted). A run that dies anywhere leaves a ledger from which a rerun can
+reconstruct exactly what reached the provider.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ if TYPE_CHECKING:
 
     from airflow.providers.common.sql.hooks.sql import DbApiHook
 
-PLANNED, SCHEDULED, FAILED = "planned", "scheduled", "failed"
+PLANNED, SCHEDULED, FAILED, HALTED, DELIVERED = "planned", "scheduled", "failed", "halted", "delivered"
+STATUSES = (PLANNED, SCHEDULED, FAILED, HALTED, DELIVERED)
+# At the provider: nothing to resend. Every other status is resent by mode=retry_failed.
+SENT_STATUSES = (SCHEDULED, DELIVERED)
 
 _FIELDS = (
     "campaign_id",
@@ -43,7 +49,7 @@ class LedgerSummary:
     batches: int
     recipients: int
     by_status: dict[str, int]
-    failed: list[dict[str, Any]]
+    unsent: list[dict[str, Any]]
 
 
 def upsert_planned(
@@ -98,23 +104,45 @@ def row(hook: DbApiHook, campaign_id: str, batch_number: int) -> dict[str, Any] 
     return found[0] if found else None
 
 
-def record_scheduled(hook: DbApiHook, campaign_id: str, batch_number: int, batch_id: str) -> None:
+def _update(hook: DbApiHook, campaign_id: str, batch_number: int, assignments: str, values: tuple) -> None:
     p = hook.placeholder
     hook.run(
-        f"UPDATE {LEDGER_TABLE} SET status = {p}, batch_id = {p}, attempts = attempts + 1, "
-        f"last_error = NULL, updated_at = {p} WHERE campaign_id = {p} AND batch_number = {p}",
-        parameters=(SCHEDULED, batch_id, utc_now_text(), campaign_id, batch_number),
+        f"UPDATE {LEDGER_TABLE} SET {assignments}, updated_at = {p} "
+        f"WHERE campaign_id = {p} AND batch_number = {p}",
+        parameters=(*values, utc_now_text(), campaign_id, batch_number),
+    )
+
+
+def record_attempt(hook: DbApiHook, campaign_id: str, batch_number: int) -> None:
+    """Count an attempt before the request leaves: from here on the provider may hold the batch."""
+    _update(hook, campaign_id, batch_number, "attempts = attempts + 1", ())
+
+
+def record_scheduled(hook: DbApiHook, campaign_id: str, batch_number: int, batch_id: str) -> None:
+    p = hook.placeholder
+    _update(
+        hook,
+        campaign_id,
+        batch_number,
+        f"status = {p}, batch_id = {p}, last_error = NULL",
+        (SCHEDULED, batch_id),
     )
 
 
 def record_failure(hook: DbApiHook, campaign_id: str, batch_number: int, error: str) -> None:
     """A failed attempt. The row reads ``failed`` until a later attempt succeeds."""
     p = hook.placeholder
-    hook.run(
-        f"UPDATE {LEDGER_TABLE} SET status = {p}, attempts = attempts + 1, last_error = {p}, "
-        f"updated_at = {p} WHERE campaign_id = {p} AND batch_number = {p} AND status <> {p}",
-        parameters=(FAILED, error[:2000], utc_now_text(), campaign_id, batch_number, SCHEDULED),
-    )
+    _update(hook, campaign_id, batch_number, f"status = {p}, last_error = {p}", (FAILED, error[:2000]))
+
+
+def record_halted(hook: DbApiHook, campaign_id: str, batch_number: int, reason: str) -> None:
+    p = hook.placeholder
+    _update(hook, campaign_id, batch_number, f"status = {p}, last_error = {p}", (HALTED, reason[:2000]))
+
+
+def reschedule(hook: DbApiHook, campaign_id: str, batch_number: int, send_at: datetime) -> None:
+    p = hook.placeholder
+    _update(hook, campaign_id, batch_number, f"send_at = {p}", (utc_text(send_at),))
 
 
 def fail_unfinished(hook: DbApiHook, campaign_id: str, reason: str) -> None:
@@ -127,8 +155,8 @@ def fail_unfinished(hook: DbApiHook, campaign_id: str, reason: str) -> None:
     )
 
 
-def occupied_slots(hook: DbApiHook, campaign_id: str, since: datetime) -> dict[datetime, int]:
-    """Recipients other campaigns have at the provider, per send_at, from the start of ``since``'s UTC day.
+def occupied_slots(hook: DbApiHook, since: datetime) -> dict[datetime, int]:
+    """Recipients already at the provider (any campaign), per send_at, from the start of ``since``'s UTC day.
 
     The plan's hourly and daily caps are the account's, so these count against them
     (the whole day's, since the daily cap counts hours before ``since`` too).
@@ -139,8 +167,8 @@ def occupied_slots(hook: DbApiHook, campaign_id: str, since: datetime) -> dict[d
     found = fetch_dicts(
         hook,
         f"SELECT send_at, SUM(recipient_count) AS recipients FROM {LEDGER_TABLE} "
-        f"WHERE campaign_id <> {p} AND status NOT IN ({p}, {p}) AND send_at >= {p} GROUP BY send_at",
-        (campaign_id, PLANNED, FAILED, utc_text(since.replace(hour=0, minute=0, second=0, microsecond=0))),
+        f"WHERE status IN ({p}, {p}) AND send_at >= {p} GROUP BY send_at",
+        (*SENT_STATUSES, utc_text(since.replace(hour=0, minute=0, second=0, microsecond=0))),
     )
     return {datetime.fromisoformat(r["send_at"].replace("Z", "+00:00")): int(r["recipients"]) for r in found}
 
@@ -153,5 +181,5 @@ def summarize(ledger_rows: list[dict[str, Any]]) -> LedgerSummary:
         batches=len(ledger_rows),
         recipients=sum(r["recipient_count"] for r in ledger_rows),
         by_status=by_status,
-        failed=[r for r in ledger_rows if r["status"] == FAILED],
+        unsent=[r for r in ledger_rows if r["status"] in (FAILED, HALTED)],
     )

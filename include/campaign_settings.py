@@ -18,7 +18,8 @@ from include.batch_planner import API_MAX_RECIPIENTS_PER_REQUEST, PlanCaps
 CAMPAIGN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 # An optional schema prefix, then a table name: plain identifiers only, so they can be quoted safely.
 TABLE_NAME_PATTERN = r"^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$"
-MODES = ("send",)
+SEND, RETRY_FAILED = "send", "retry_failed"
+MODES = (SEND, RETRY_FAILED)
 
 
 class CampaignSettingsError(ValueError):
@@ -67,7 +68,12 @@ def campaign_params() -> dict[str, Any]:
             description="First send slot, ISO-8601 UTC (e.g. 2026-12-01T09:00:00Z). Empty: now.",
         ),
         "dry_run": Param(False, type="boolean", description="Plan and record the batches; send nothing."),
-        "mode": Param("send", enum=list(MODES), description="send: plan and send a new campaign."),
+        "mode": Param(
+            SEND,
+            enum=list(MODES),
+            description="send: plan and send a new campaign. retry_failed: resend only the campaign's "
+            "batches that are not scheduled, with the recipients first planned.",
+        ),
     }
 
 

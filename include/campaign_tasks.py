@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from include import batch_ledger
+from include import batch_ledger, campaign_halt
 from include.audience import (
     REQUIRED_COLUMNS,
     Recipient,
@@ -22,8 +23,8 @@ from include.audience import (
     normalize_recipient_id,
     screen_chunk,
 )
-from include.batch_planner import Batch, BatchPacker
-from include.campaign_settings import CampaignSettings, CampaignSettingsError
+from include.batch_planner import Batch, BatchPacker, hour_floor, place_whole_batches
+from include.campaign_settings import RETRY_FAILED, CampaignSettings, CampaignSettingsError
 from include.warehouse import (
     REJECTED_TABLE,
     STAGING_TABLE,
@@ -107,17 +108,72 @@ def _already_staged(hook, campaign_id: str, rows: list[dict[str, Any]]) -> tuple
 
 
 def plan_campaign(params: dict[str, Any], chunk_rows: int = CHUNK_ROWS) -> list[dict[str, Any]]:
-    """Stream the recipients, screen them, stage them in batches, and write the planned ledger.
+    """Plan the run's batches; returns only small batch descriptors (recipients stay in the warehouse).
 
-    Returns only small batch descriptors: recipients stay in the warehouse.
+    ``mode=send`` plans a new campaign from the recipients table; ``mode=retry_failed``
+    takes the batches a campaign's ledger shows as not sent, as first planned.
     """
+    settings = _settings(params)
+    hook = get_warehouse_hook()
+    ensure_schema(hook)
+    if settings.mode == RETRY_FAILED:
+        return _plan_resume(hook, settings)
+    return _plan_new(hook, settings, chunk_rows)
+
+
+def _descriptor(batch_number: int, batch_count: int, send_at: str, recipient_count: int) -> dict[str, Any]:
+    return {
+        "batch_number": batch_number,
+        "batch_count": batch_count,
+        "send_at": send_at,
+        "recipient_count": recipient_count,
+    }
+
+
+def _plan_resume(hook, settings: CampaignSettings) -> list[dict[str, Any]]:
+    """The campaign's unsent batches, with the same recipients and keys; passed slots re-placed.
+
+    The audience is frozen at the first plan: the recipients table is not read again.
+    """
+    campaign_id = settings.campaign_id
+    ledger = batch_ledger.rows(hook, campaign_id)
+    if not ledger:
+        raise AirflowFailException(
+            f"campaign {campaign_id!r} has no ledger to resume; plan and send it with mode=send first"
+        )
+    pending = [r for r in ledger if r["status"] not in batch_ledger.SENT_STATUSES]
+    now = settings.start_at
+    passed = [r for r in pending if hour_floor(_parse_utc(r["send_at"])) < hour_floor(now)]
+    # Slots are the account's: what is at the provider and the unsent batches kept in their slots count.
+    occupied = Counter(batch_ledger.occupied_slots(hook, now))
+    for r in pending:
+        if r not in passed:
+            occupied[_parse_utc(r["send_at"])] += r["recipient_count"]
+    try:
+        new_slots = place_whole_batches([r["recipient_count"] for r in passed], settings.caps, now, occupied)
+    except ValueError as err:
+        raise AirflowFailException(
+            f"cannot re-place campaign {campaign_id!r}'s batches: {err}; resume with caps that fit a batch"
+        ) from err
+    for r, send_at in zip(passed, new_slots, strict=True):
+        batch_ledger.reschedule(hook, campaign_id, r["batch_number"], send_at)
+        r["send_at"] = utc_text(send_at)
+    log.info(
+        "Resuming campaign %s: %d of %d batches not sent (%d re-placed from passed slots)",
+        campaign_id,
+        len(pending),
+        len(ledger),
+        len(passed),
+    )
+    return [_descriptor(r["batch_number"], len(ledger), r["send_at"], r["recipient_count"]) for r in pending]
+
+
+def _plan_new(hook, settings: CampaignSettings, chunk_rows: int) -> list[dict[str, Any]]:
+    """Stream the recipients, screen them, stage them in batches, and write the planned ledger."""
     from include.migosmtp_client import idempotency_key
 
-    settings = _settings(params)
     campaign_id = settings.campaign_id
-    hook = get_warehouse_hook()
     try:
-        ensure_schema(hook)
         columns = table_columns(hook, settings.recipients_table)
         missing = [c for c in REQUIRED_COLUMNS if c not in columns]
         if missing:
@@ -130,7 +186,7 @@ def plan_campaign(params: dict[str, Any], chunk_rows: int = CHUNK_ROWS) -> list[
     _refuse_resend(hook, campaign_id)
     _clear_unsent_plan(hook, campaign_id)
 
-    occupied = batch_ledger.occupied_slots(hook, campaign_id, settings.start_at)
+    occupied = batch_ledger.occupied_slots(hook, settings.start_at)
     packer = BatchPacker(settings.caps, settings.start_at, occupied)
     read = rejected = staged = 0
     open_batch_ids: list[str] = []
@@ -199,17 +255,15 @@ def plan_campaign(params: dict[str, Any], chunk_rows: int = CHUNK_ROWS) -> list[
         utc_text(batches[-1].send_at),
     )
     return [
-        {
-            "batch_number": b.batch_number,
-            "batch_count": len(batches),
-            "send_at": utc_text(b.send_at),
-            "recipient_count": b.recipient_count,
-        }
-        for b in batches
+        _descriptor(b.batch_number, len(batches), utc_text(b.send_at), b.recipient_count) for b in batches
     ]
 
 
 # -- send ---------------------------------------------------------------------------------------
+
+
+def _parse_utc(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def _staged_recipients(hook, campaign_id: str, batch_number: int):
@@ -223,12 +277,20 @@ def _staged_recipients(hook, campaign_id: str, batch_number: int):
     return [Recipient(s["recipient_id"], s["email"], json.loads(s["variables"])) for s in staged]
 
 
-def send_batch(batch: dict[str, Any], params: dict[str, Any], try_number: int = 1) -> dict[str, Any]:
+def send_batch(batch: dict[str, Any], params: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Submit one planned batch, exactly once, and record the outcome in the ledger.
 
-    Raises the client's errors so the retry policy can apply the article's error table.
+    Raises the client's errors so the retry policy can apply the article's error table;
+    a 402 or 401 also halts the run, so batches not yet sent are not attempted.
     """
-    from include.migosmtp_client import MigoSmtpClient, MigoSmtpError, batch_tags, build_payload
+    from include.migosmtp_client import (
+        InvalidApiKey,
+        MigoSmtpClient,
+        MigoSmtpError,
+        QuotaExceeded,
+        batch_tags,
+        build_payload,
+    )
 
     settings = _settings(params)
     campaign_id, number = settings.campaign_id, batch["batch_number"]
@@ -238,16 +300,22 @@ def send_batch(batch: dict[str, Any], params: dict[str, Any], try_number: int = 
     entry = batch_ledger.row(hook, campaign_id, number)
     if entry is None:
         raise AirflowFailException(f"batch {number} of campaign {campaign_id!r} is not in the ledger")
-    if entry["status"] == batch_ledger.SCHEDULED:
-        log.info("Batch %d is already scheduled as %s; not sending again", number, entry["batch_id"])
+    if entry["status"] in batch_ledger.SENT_STATUSES:
+        log.info(
+            "Batch %d is already %s as %s; not sending again", number, entry["status"], entry["batch_id"]
+        )
         return {"batch_number": number, "batch_id": entry["batch_id"], "resent": False}
+    stop = campaign_halt.current(hook, campaign_id, run_id)
+    if stop is not None:
+        reason = f"not sent: the run was halted by batch {stop['batch_number']}: {stop['reason']}"
+        batch_ledger.record_halted(hook, campaign_id, number, reason)
+        raise AirflowSkipException(reason)
 
     client = MigoSmtpClient()
     key = entry["idempotency_key"]
     try:
-        # An earlier attempt may have been accepted without us hearing back: ask before resending.
-        retrying = try_number > 1 or entry["attempts"] or entry["status"] != batch_ledger.PLANNED
-        found = client.find_batch(key) if retrying else None
+        # An earlier attempt may have reached the provider without us hearing back: ask first.
+        found = client.find_batch(key) if entry["attempts"] else None
         if found is not None:
             batch_id = found["batch_id"]
             log.info("Batch %d was already accepted as %s (found by idempotency key)", number, batch_id)
@@ -264,9 +332,10 @@ def send_batch(batch: dict[str, Any], params: dict[str, Any], try_number: int = 
                 html=settings.html_body,
                 text=settings.text_body,
                 recipients=recipients,
-                send_at=datetime.fromisoformat(entry["send_at"].replace("Z", "+00:00")),
+                send_at=_parse_utc(entry["send_at"]),
                 tags=batch_tags(campaign_id, number),
             )
+            batch_ledger.record_attempt(hook, campaign_id, number)
             receipt = client.send_bulk(payload, key)
             batch_id = receipt.batch_id
             log.info(
@@ -277,6 +346,11 @@ def send_batch(batch: dict[str, Any], params: dict[str, Any], try_number: int = 
                 batch_id,
                 " (idempotent replay)" if receipt.replayed else "",
             )
+    except (QuotaExceeded, InvalidApiKey) as err:
+        batch_ledger.record_failure(hook, campaign_id, number, str(err))
+        if campaign_halt.halt(hook, campaign_id, run_id, number, str(err)):
+            err.halted_campaign = (campaign_id, run_id, number)  # read by CampaignHaltNotifier
+        raise
     except MigoSmtpError as err:
         batch_ledger.record_failure(hook, campaign_id, number, str(err))
         raise
@@ -287,47 +361,50 @@ def send_batch(batch: dict[str, Any], params: dict[str, Any], try_number: int = 
 # -- ledger -------------------------------------------------------------------------------------
 
 
-def close_ledger(params: dict[str, Any], planned: list[dict[str, Any]] | None) -> dict[str, Any]:
-    """Settle every batch's final status, log the campaign summary, and fail the run if any batch failed."""
+def close_ledger(params: dict[str, Any], planned: list[dict[str, Any]] | None, run_id: str) -> dict[str, Any]:
+    """Settle every batch's final status, log the summary, and fail the run if any batch is unsent."""
     settings = _settings(params)
     if planned is None:
         raise AirflowFailException("planning did not finish, so nothing was sent; see the plan task's log")
+    campaign_id = settings.campaign_id
     hook = get_warehouse_hook()
     if not settings.dry_run:
         batch_ledger.fail_unfinished(
-            hook, settings.campaign_id, "the batch's task ended without recording an outcome; see its log"
+            hook, campaign_id, "the batch's task ended without recording an outcome; see its log"
         )
-    summary = batch_ledger.summarize(batch_ledger.rows(hook, settings.campaign_id))
+    summary = batch_ledger.summarize(batch_ledger.rows(hook, campaign_id))
     rejected = fetch_dicts(
         hook,
         f"SELECT COUNT(*) AS n FROM {REJECTED_TABLE} WHERE campaign_id = {hook.placeholder}",
-        (settings.campaign_id,),
+        (campaign_id,),
     )[0]["n"]
-    scheduled = summary.by_status.get(batch_ledger.SCHEDULED, 0)
+    counts = {status: summary.by_status.get(status, 0) for status in batch_ledger.STATUSES}
     log.info(
-        "Campaign %s: %d recipients read, %d rejected, %d batches (%d recipients): %d scheduled, "
-        "%d failed, %d planned%s",
-        settings.campaign_id,
+        "Campaign %s: %d recipients read, %d rejected, %d batches (%d recipients): %s%s",
+        campaign_id,
         summary.recipients + rejected,
         rejected,
         summary.batches,
         summary.recipients,
-        scheduled,
-        len(summary.failed),
-        summary.by_status.get(batch_ledger.PLANNED, 0),
+        ", ".join(f"{n} {status}" for status, n in counts.items()),
         " (dry run)" if settings.dry_run else "",
     )
-    if summary.failed:
-        details = "; ".join(f"batch {r['batch_number']}: {r['last_error']}" for r in summary.failed[:5])
+    if summary.unsent:
+        stop = campaign_halt.current(hook, campaign_id, run_id)
+        cause = (
+            f"the run was halted by batch {stop['batch_number']}: {stop['reason']}"
+            if stop
+            else "; ".join(f"batch {r['batch_number']}: {r['last_error']}" for r in summary.unsent[:5])
+        )
         raise AirflowFailException(
-            f"{len(summary.failed)} of {summary.batches} batches failed ({details}). "
-            "Fix the cause, then clear the failed send_batch tasks to resend only those batches."
+            f"{len(summary.unsent)} of {summary.batches} batches were not sent ({cause}). Fix the cause, "
+            "then trigger mode=retry_failed for this campaign_id (or clear the failed send_batch tasks)."
         )
     return {
-        "campaign_id": settings.campaign_id,
+        "campaign_id": campaign_id,
         "recipients_read": summary.recipients + rejected,
         "rejected": rejected,
         "batches": summary.batches,
         "recipients": summary.recipients,
-        "scheduled": scheduled,
+        "scheduled": counts[batch_ledger.SCHEDULED],
     }

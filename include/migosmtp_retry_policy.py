@@ -7,6 +7,7 @@
 | 401 invalid_api_key           | fail now: do not retry with bad auth                       |
 | 5xx, timeout, dropped answer  | retry after 10 s, 30 s, 2 min; then fail                   |
 | other 4xx, malformed answer   | fail now, with the API's message                           |
+| anything else (the warehouse) | the task's retry delay, at most 3 retries                  |
 
 Server-side failures are counted in the task's state store, so 429 retries
 (which are the provider asking us to slow down, not failing) do not use up
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 SERVER_ERROR_DELAYS_SECONDS = (10.0, 30.0, 120.0)
 MAX_DELAY_SECONDS = 86400.0
+OTHER_ERRORS_MAX_TRIES = 4
 DELAYS_VARIABLE = "migosmtp_server_error_delays"
 TRANSIENT_FAILURES_KEY = "migosmtp_transient_failures"
 
@@ -96,4 +98,8 @@ class MigoSmtpRetryPolicy(RetryPolicy):
             )
         if isinstance(exception, MigoSmtpError):
             return RetryDecision.fail(str(exception))
+        # Not the API (the warehouse, say): the task's own retry delay, but not all 12 retries
+        # that the 429 ceiling allows. A rerun asks the API first, so nothing is sent twice.
+        if try_number >= OTHER_ERRORS_MAX_TRIES:
+            return RetryDecision.fail(f"giving up after {try_number} tries: {exception!r}")
         return RetryDecision.default()

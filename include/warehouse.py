@@ -22,6 +22,7 @@ WAREHOUSE_CONN_ID = "warehouse_default"
 LEDGER_TABLE = "email_batch_ledger"
 STAGING_TABLE = "email_campaign_recipients"
 REJECTED_TABLE = "email_rejected_recipients"
+HALTS_TABLE = "email_campaign_halts"
 
 _SCHEMA = (
     f"""CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (
@@ -58,6 +59,14 @@ _SCHEMA = (
         email TEXT,
         reason TEXT NOT NULL,
         PRIMARY KEY (campaign_id, source_row))""",
+    # One row per halted run: the signal every batch of that run checks before calling the API.
+    f"""CREATE TABLE IF NOT EXISTS {HALTS_TABLE} (
+        campaign_id TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        batch_number INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        halted_at TEXT NOT NULL,
+        PRIMARY KEY (campaign_id, run_id))""",
 )
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")

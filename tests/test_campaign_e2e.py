@@ -202,7 +202,7 @@ class TestResendingOnlyWhatFailed:
             "daily_cap": 1000,
             "start_at": "2026-12-01T09:00:00Z",
         }
-        sandbox.set_faults([{"action": "status", "status": 402, "times": 1}])
+        sandbox.set_faults([{"action": "status", "status": 400, "message": "bad html", "times": 1}])
         assert run_campaign(**conf).state == "failed"
         [failed] = [r for r in ledger_by_batch(warehouse).values() if r["status"] == "failed"]
         posts_before = len(sends(sandbox))
@@ -216,13 +216,13 @@ class TestResendingOnlyWhatFailed:
             "text_body": "t",
             **conf,
         }
-        outcomes = [send_batch({"batch_number": n}, params, try_number=1) for n in (1, 2, 3)]
+        outcomes = [send_batch({"batch_number": n}, params, run_id="the-same-run") for n in (1, 2, 3)]
 
         assert [o["resent"] for o in outcomes] == [
             o["batch_number"] == failed["batch_number"] for o in outcomes
         ]
         assert len(sends(sandbox)) == posts_before + 1
-        assert close_ledger(params, planned=[{}])["scheduled"] == 3
+        assert close_ledger(params, planned=[{}], run_id="the-same-run")["scheduled"] == 3
         received = Counter(r["to"] for b in sandbox.record()["batches"] for r in b["recipients"])
         assert len(received) == 30 and set(received.values()) == {1}
 

@@ -94,19 +94,25 @@ class TestRateLimit:
 
 
 class TestErrorsThatMustNotBeRetried:
-    def test_402_quota_exceeded_fails_the_batch_at_once(self, run_campaign, audience, sandbox):
+    def test_402_quota_exceeded_fails_the_batch_at_once_and_halts_the_run(
+        self, run_campaign, audience, sandbox
+    ):
         sandbox.set_faults([{"action": "status", "status": 402, "times": 1}])
 
         run = run_campaign(**SMALL)
 
         assert run.state == "failed"
-        assert sorted(run.states("send_batch")) == ["failed", "success", "success"]
-        failed = [r for r in ledger(audience) if r["status"] == "failed"]
-        assert len(failed) == 1 and failed[0]["attempts"] == 1
-        assert "quota exceeded" in failed[0]["last_error"] and "monthly reset" in failed[0]["last_error"]
-        assert len(posts(sandbox)) == 3  # no retry of the refused batch
-        assert_each_recipient_scheduled_once(sandbox, 20)
-        assert_ledger_matches_sandbox(audience, sandbox)
+        assert sorted(run.states("send_batch")) == ["failed", "skipped", "skipped"]
+        rows = ledger(audience)
+        assert sorted(r["status"] for r in rows) == ["failed", "halted", "halted"]
+        [failed] = [r for r in rows if r["status"] == "failed"]
+        assert failed["attempts"] == 1
+        assert "quota exceeded" in failed["last_error"] and "monthly reset" in failed["last_error"]
+        assert all(
+            r["last_error"].startswith("not sent: the run was halted") for r in rows if r is not failed
+        )
+        assert len(posts(sandbox)) == 1  # no retry, and no other batch called the API
+        assert sandbox.record()["batches"] == []
 
     def test_the_real_monthly_quota_running_out_part_way(self, run_campaign, audience, sandbox):
         sandbox.update_settings(monthly_limit=25)
@@ -119,9 +125,7 @@ class TestErrorsThatMustNotBeRetried:
         assert len(posts(sandbox)) == 3
         assert_each_recipient_scheduled_once(sandbox, 20)
 
-    def test_401_wrong_key_fails_every_batch_without_retrying(
-        self, run_campaign, audience, sandbox, monkeypatch
-    ):
+    def test_401_wrong_key_fails_once_and_halts_the_run(self, run_campaign, audience, sandbox, monkeypatch):
         monkeypatch.setenv(
             "AIRFLOW_CONN_MIGOSMTP_DEFAULT",
             json.dumps(
@@ -132,11 +136,10 @@ class TestErrorsThatMustNotBeRetried:
         run = run_campaign(**SMALL)
 
         assert run.state == "failed"
-        assert run.states("send_batch") == ["failed"] * 3
-        assert [run.task("send_batch", i).try_number for i in range(3)] == [1, 1, 1]
-        assert [r["status_code"] for r in posts(sandbox)] == [401] * 3
-        assert all("migosmtp_default" in r["last_error"] for r in ledger(audience))
-        assert "wrong" not in "".join(r["last_error"] for r in ledger(audience))
+        assert sorted(run.states("send_batch")) == ["failed", "skipped", "skipped"]
+        assert [r["status_code"] for r in posts(sandbox)] == [401]
+        [failed] = [r for r in ledger(audience) if r["status"] == "failed"]
+        assert "migosmtp_default" in failed["last_error"] and "wrong" not in failed["last_error"]
         assert sandbox.record()["batches"] == []
 
     @pytest.mark.parametrize(

@@ -302,3 +302,11 @@ class TestOtherExceptions:
         assert policy.evaluate(error, 1, MAX_TRIES, context) == RetryDecision.default()
         assert policy.evaluate(error, 1, MAX_TRIES, context).action is RetryAction.DEFAULT
         assert store.data == {}
+
+
+class TestOtherErrorsAreBounded:
+    def test_other_errors_get_three_retries_then_fail(self, policy: MigoSmtpRetryPolicy) -> None:
+        decisions = [policy.evaluate(RuntimeError("warehouse down"), n, MAX_TRIES) for n in (1, 2, 3, 4)]
+
+        assert [d.action for d in decisions] == [RetryAction.DEFAULT] * 3 + [RetryAction.FAIL]
+        assert "warehouse down" in decisions[3].reason

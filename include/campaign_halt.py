@@ -1,0 +1,43 @@
+"""The halt signal: after a 402 or 401, no other batch of the run calls the API.
+
+Mapped batches run in parallel, so the signal lives where all of them can see
+it, in the warehouse next to the ledger. It is scoped to the run: a later
+``mode=retry_failed`` run (after the plan was upgraded or the key fixed) is not
+halted, while retries and clears inside the halted run still are.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from include.warehouse import HALTS_TABLE, fetch_dicts, utc_now_text
+
+if TYPE_CHECKING:
+    from airflow.providers.common.sql.hooks.sql import DbApiHook
+
+
+def halt(hook: DbApiHook, campaign_id: str, run_id: str, batch_number: int, reason: str) -> bool:
+    """Halt the run. True for the batch whose error raised the halt, False if another batch did first."""
+    try:
+        hook.insert_rows(
+            HALTS_TABLE,
+            [(campaign_id, run_id, batch_number, reason[:2000], utc_now_text())],
+            target_fields=["campaign_id", "run_id", "batch_number", "reason", "halted_at"],
+        )
+    except Exception:
+        # A primary-key conflict (any driver's IntegrityError) means another batch halted first.
+        if current(hook, campaign_id, run_id) is None:
+            raise
+        return False
+    return True
+
+
+def current(hook: DbApiHook, campaign_id: str, run_id: str) -> dict | None:
+    """The run's halt (batch_number, reason, halted_at), or None."""
+    p = hook.placeholder
+    found = fetch_dicts(
+        hook,
+        f"SELECT batch_number, reason, halted_at FROM {HALTS_TABLE} WHERE campaign_id = {p} AND run_id = {p}",
+        (campaign_id, run_id),
+    )
+    return found[0] if found else None
