@@ -22,7 +22,7 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     params=campaign_params(),
-    default_args={"retries": 1, "retry_delay": timedelta(seconds=30)},
+    default_args={"retries": 1, "retry_delay": timedelta(seconds=10)},
     tags=["email", "migosmtp"],
 ):
 

@@ -121,3 +121,17 @@ class CampaignRun:
 
     def task(self, task_id: str, map_index: int = -1):
         return next(ti for ti in self.task_instances if ti.task_id == task_id and ti.map_index == map_index)
+
+
+SCENARIO_REPORT: list[dict] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The exactly-once scenario table (tests/test_exactly_once.py), figures from this run."""
+    if not SCENARIO_REPORT:
+        return
+    columns = ("scenario", "recipients", "batches", "api_requests", "duplicates", "lost", "wall_s")
+    terminalreporter.section("exactly-once scenarios")
+    terminalreporter.write_line(" | ".join(columns))
+    for row in SCENARIO_REPORT:
+        terminalreporter.write_line(" | ".join(str(row[c]) for c in columns))

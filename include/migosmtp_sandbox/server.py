@@ -21,7 +21,8 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +34,7 @@ BATCHES_PATH = "/v1/email/batches"
 QUOTA_PATH = "/v1/account/quota"
 MAX_RECIPIENTS = 1000
 IDEMPOTENCY_TTL = timedelta(hours=24)
+RESET_DRAIN_SECONDS = 30.0
 SEND_AT_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+")
 SEND_FIELDS = {"from", "subject", "html", "text", "recipients", "send_at", "tags"}
@@ -452,9 +454,26 @@ class SandboxServer(ThreadingHTTPServer):
         self.limiter = RateLimiter()
         # Serialises idempotency lookup, quota check and insert across threads.
         self.state_lock = threading.Lock()
+        self._api_calls = 0
+        self._api_idle = threading.Condition()
         super().__init__(address, SandboxHandler)
 
+    @contextmanager
+    def api_call(self) -> Iterator[None]:
+        """Track API requests still being handled (a latency fault can outlive its client)."""
+        with self._api_idle:
+            self._api_calls += 1
+        try:
+            yield
+        finally:
+            with self._api_idle:
+                self._api_calls -= 1
+                self._api_idle.notify_all()
+
     def reset(self) -> None:
+        # Let requests still in flight land first, so none writes into the fresh state.
+        with self._api_idle:
+            self._api_idle.wait_for(lambda: self._api_calls == 0, timeout=RESET_DRAIN_SECONDS)
         with self.state_lock:
             self.store.clear()
             self.settings = Settings(**asdict(self.initial_settings))
@@ -497,8 +516,9 @@ class SandboxHandler(BaseHTTPRequestHandler):
             self._respond(self._handle(ADMIN_ROUTES, req, auth=False))
             return
         fault = self.server.faults.take(self._fault_endpoints(req.path))
-        resp = self._serve(req, fault)
-        self._log(req.path, resp, fault.action if fault else None)
+        with self.server.api_call():
+            resp = self._serve(req, fault)
+            self._log(req.path, resp, fault.action if fault else None)
         if resp is None or (fault and fault.action == "drop_after_accept"):
             self._drop()
         else:
