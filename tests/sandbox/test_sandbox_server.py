@@ -503,3 +503,16 @@ def test_harness_reports_a_process_that_exits_before_listening(tmp_path: Path) -
         process.start()
     with pytest.raises(SandboxError, match="not running"):
         _ = process.url
+
+
+def test_reset_waits_for_a_request_still_in_flight(sandbox: SandboxProcess) -> None:
+    sandbox.set_faults([{"action": "latency", "seconds": 1.5}])
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(send, sandbox, key="slow")
+        time.sleep(0.3)  # the request is now sleeping inside the server
+        started = time.monotonic()
+        sandbox.reset()
+        waited = time.monotonic() - started
+        assert slow.result().status_code == 202
+    assert waited >= 1.0
+    assert sandbox.record()["batches"] == []  # it landed before the reset, not into the fresh state
