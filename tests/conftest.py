@@ -63,6 +63,22 @@ def sandbox(tmp_path_factory):
         yield process
 
 
+def point_migosmtp_at(monkeypatch, sandbox, password: str = API_KEY, **extra) -> None:
+    """Re-point ``migosmtp_default`` at the sandbox for one test, with another key or extras."""
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MIGOSMTP_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "http",
+                "host": sandbox.host,
+                "port": sandbox.port,
+                "password": password,
+                "extra": extra,
+            }
+        ),
+    )
+
+
 @pytest.fixture
 def clean_sandbox(sandbox):
     sandbox.reset()

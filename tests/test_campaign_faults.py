@@ -6,13 +6,13 @@ shortened to 0.2 s by conftest; a 429's Retry-After is honoured as sent.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 import pytest
 
 from include import batch_ledger
 from include.sample_audience import create_recipients_table
+from tests.conftest import point_migosmtp_at
 
 SMALL = {"max_batch_size": 10, "hourly_cap": 1000, "daily_cap": 1000, "start_at": "2026-12-01T09:00:00Z"}
 
@@ -126,12 +126,7 @@ class TestErrorsThatMustNotBeRetried:
         assert_each_recipient_scheduled_once(sandbox, 20)
 
     def test_401_wrong_key_fails_once_and_halts_the_run(self, run_campaign, audience, sandbox, monkeypatch):
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_MIGOSMTP_DEFAULT",
-            json.dumps(
-                {"conn_type": "http", "host": sandbox.host, "port": sandbox.port, "password": "wrong"}
-            ),
-        )
+        point_migosmtp_at(monkeypatch, sandbox, password="wrong")
 
         run = run_campaign(**SMALL)
 
@@ -185,18 +180,7 @@ class TestNoAnswer:
         self, run_campaign, warehouse, sandbox, monkeypatch
     ):
         create_recipients_table(warehouse, "recipients", 10)
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_MIGOSMTP_DEFAULT",
-            json.dumps(
-                {
-                    "conn_type": "http",
-                    "host": sandbox.host,
-                    "port": sandbox.port,
-                    "password": "test-key",
-                    "extra": {"timeout": 1},
-                }
-            ),
-        )
+        point_migosmtp_at(monkeypatch, sandbox, timeout=1)
         sandbox.set_faults([{"action": "latency", "seconds": 2, "times": 1}])
 
         run = run_campaign(**SMALL)

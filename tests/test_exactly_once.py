@@ -27,7 +27,7 @@ import pytest
 
 from include import batch_ledger
 from include.sample_audience import create_recipients_table
-from tests.conftest import REPO_ROOT, SCENARIO_REPORT
+from tests.conftest import REPO_ROOT, SCENARIO_REPORT, point_migosmtp_at
 
 RECIPIENTS = 30
 CONF = {"max_batch_size": 10, "hourly_cap": 1000, "daily_cap": 1000}
@@ -80,21 +80,6 @@ def assert_exactly_once(name, sandbox, warehouse, started, recipients=RECIPIENTS
     assert {r["idempotency_key"]: (r["batch_id"], r["recipient_count"]) for r in rows} == sent
 
 
-def fix_key(monkeypatch, sandbox, password="test-key", **extra):
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_MIGOSMTP_DEFAULT",
-        json.dumps(
-            {
-                "conn_type": "http",
-                "host": sandbox.host,
-                "port": sandbox.port,
-                "password": password,
-                "extra": extra,
-            }
-        ),
-    )
-
-
 class TestTransientFaults:
     def test_429_storm_with_retry_after(self, run_campaign, audience, sandbox, started):
         sandbox.set_faults([{"action": "status", "status": 429, "retry_after": "1", "times": 8}])
@@ -132,7 +117,7 @@ class TestTransientFaults:
         assert_exactly_once("5xx that persist, then retry_failed", sandbox, audience, started)
 
     def test_timeouts(self, run_campaign, audience, sandbox, started, monkeypatch):
-        fix_key(monkeypatch, sandbox, timeout=1)
+        point_migosmtp_at(monkeypatch, sandbox, timeout=1)
         sandbox.set_faults([{"action": "latency", "seconds": 2, "times": 2}])
 
         assert run_campaign(**CONF).state == "success"
@@ -171,13 +156,13 @@ class TestHaltAndResume:
     def test_401_from_the_start_then_resume_with_the_right_key(
         self, run_campaign, audience, sandbox, started, monkeypatch
     ):
-        fix_key(monkeypatch, sandbox, password="wrong")
+        point_migosmtp_at(monkeypatch, sandbox, password="wrong")
 
         assert run_campaign(**CONF).state == "failed"
         assert [r["status_code"] for r in api_requests(sandbox)] == [401]
         assert sorted(r["status"] for r in ledger(audience)) == ["failed", "halted", "halted"]
 
-        fix_key(monkeypatch, sandbox)
+        point_migosmtp_at(monkeypatch, sandbox)
         assert run_campaign(**RESUME).state == "success"
         assert_exactly_once("401 from the start, fix key, retry_failed", sandbox, audience, started)
 
@@ -223,34 +208,37 @@ class TestHaltAndResume:
         assert max(per_hour.values()) == 10
 
 
-class _ChatWebhook(BaseHTTPRequestHandler):
+@pytest.fixture
+def chat_webhook(monkeypatch):
+    """A chat incoming-webhook on loopback behind ``campaign_alerts``; yields the messages it got."""
     received: list[dict] = []
 
-    def do_POST(self):
-        self.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(200)
-        self.end_headers()
+    class Webhook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
 
-    def log_message(self, *args):
-        pass
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Webhook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CAMPAIGN_ALERTS",
+        json.dumps({"conn_type": "http", "host": f"http://127.0.0.1:{server.server_port}/hooks/ops"}),
+    )
+    yield received
+    server.shutdown()
 
 
 class TestHaltAlerts:
-    def test_one_chat_alert_per_halt(self, run_campaign, audience, sandbox, monkeypatch):
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _ChatWebhook)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        _ChatWebhook.received = []
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_CAMPAIGN_ALERTS",
-            json.dumps({"conn_type": "http", "host": f"http://127.0.0.1:{server.server_port}/hooks/ops"}),
-        )
+    def test_one_chat_alert_per_halt(self, run_campaign, audience, sandbox, chat_webhook):
         sandbox.set_faults([{"action": "status", "status": 402}])
-        try:
-            run_campaign(**CONF)
-        finally:
-            server.shutdown()
 
-        [alert] = _ChatWebhook.received
+        run_campaign(**CONF)
+
+        [alert] = chat_webhook
         assert "campaign 'c1' halted" in alert["text"] and "quota exceeded" in alert["text"]
         assert "mode=retry_failed" in alert["text"]
 
@@ -286,7 +274,7 @@ class TestHaltAlerts:
                 }
             ),
         )
-        fix_key(monkeypatch, sandbox, password="wrong")
+        point_migosmtp_at(monkeypatch, sandbox, password="wrong")
         try:
             run_campaign(**CONF)
         finally:
@@ -301,21 +289,12 @@ class TestHaltAlerts:
         assert message["Subject"] == "MigoSMTP campaign halted"
         assert "campaign &#x27;c1&#x27; halted" in body and "invalid_api_key" in body
 
-    def test_failures_that_do_not_halt_raise_no_alert(self, run_campaign, audience, sandbox, monkeypatch):
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _ChatWebhook)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        _ChatWebhook.received = []
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_CAMPAIGN_ALERTS",
-            json.dumps({"conn_type": "http", "host": f"http://127.0.0.1:{server.server_port}/hooks/ops"}),
-        )
+    def test_failures_that_do_not_halt_raise_no_alert(self, run_campaign, audience, sandbox, chat_webhook):
         sandbox.set_faults([{"action": "status", "status": 400}])
-        try:
-            assert run_campaign(**CONF).state == "failed"
-        finally:
-            server.shutdown()
 
-        assert _ChatWebhook.received == []
+        assert run_campaign(**CONF).state == "failed"
+
+        assert chat_webhook == []
 
 
 class TestProcessesDying:
