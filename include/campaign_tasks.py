@@ -68,8 +68,8 @@ def _refuse_resend(hook, campaign_id: str) -> None:
         summary = batch_ledger.summarize(existing).by_status
         raise AirflowFailException(
             f"campaign {campaign_id!r} already has {len(existing)} batches in the ledger {summary}; "
-            "planning it again could send twice. Use a new campaign_id, or clear the failed "
-            "send_batch tasks of its run to resend only those batches."
+            "planning it again could send twice. To send what is unsent, trigger mode=retry_failed; "
+            "for a new campaign, use a new campaign_id."
         )
 
 
@@ -143,12 +143,13 @@ def _plan_resume(hook, settings: CampaignSettings) -> list[dict[str, Any]]:
         )
     pending = [r for r in ledger if r["status"] not in batch_ledger.SENT_STATUSES]
     now = settings.start_at
-    passed = [r for r in pending if hour_floor(_parse_utc(r["send_at"])) < hour_floor(now)]
+    passed, kept = [], []
+    for r in pending:
+        (passed if hour_floor(_parse_utc(r["send_at"])) < hour_floor(now) else kept).append(r)
     # Slots are the account's: what is at the provider and the unsent batches kept in their slots count.
     occupied = Counter(batch_ledger.occupied_slots(hook, now))
-    for r in pending:
-        if r not in passed:
-            occupied[_parse_utc(r["send_at"])] += r["recipient_count"]
+    for r in kept:
+        occupied[_parse_utc(r["send_at"])] += r["recipient_count"]
     try:
         new_slots = place_whole_batches([r["recipient_count"] for r in passed], settings.caps, now, occupied)
     except ValueError as err:
