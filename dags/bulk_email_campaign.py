@@ -34,7 +34,9 @@ with DAG(
 
     # Retries follow the provider's error table (see MigoSmtpRetryPolicy); the
     # retry count only bounds how many 429 waits one batch may sit through.
+    # The migosmtp_api pool caps concurrent API calls across all runs and workers.
     @task(
+        pool="migosmtp_api",
         retries=12,
         retry_policy=MigoSmtpRetryPolicy(),
         on_failure_callback=CampaignHaltNotifier(),
