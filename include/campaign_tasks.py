@@ -35,6 +35,7 @@ from include.warehouse import (
     insert_rows,
     placeholders,
     quote_table,
+    stream_frames,
     table_columns,
     utc_text,
 )
@@ -198,7 +199,7 @@ def _plan_new(hook, settings: CampaignSettings, chunk_rows: int) -> list[dict[st
         open_batch_ids.clear()
 
     sql = f"SELECT * FROM {quote_table(settings.recipients_table)} ORDER BY recipient_id, email"
-    for chunk in hook.get_df_by_chunks(sql, chunksize=chunk_rows):
+    for chunk in stream_frames(hook, sql, chunk_rows):
         records = chunk.to_dict("records")
         known_emails, known_ids = _already_staged(hook, campaign_id, records)
         screened = screen_chunk(records, read + 1, known_emails, known_ids)

@@ -10,12 +10,13 @@ correctly in both.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import pandas as pd
     from airflow.providers.common.sql.hooks.sql import DbApiHook
 
 WAREHOUSE_CONN_ID = "warehouse_default"
@@ -126,6 +127,24 @@ def table_columns(hook: DbApiHook, table: str) -> list[str]:
         raise WarehouseInputError(
             f"cannot read table {table!r} from connection {hook.get_conn_id()!r}: {err}"
         ) from err
+
+
+def stream_frames(hook: DbApiHook, sql: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """Yield a query's rows as pandas DataFrames of ``chunk_rows``, holding one chunk at a time.
+
+    Through the hook's SQLAlchemy engine with ``stream_results``: on PostgreSQL that is a
+    server-side cursor. (``DbApiHook.get_df_by_chunks`` reads through a plain DB-API cursor,
+    which psycopg fills with the whole result before pandas sees the first chunk.)
+    """
+    import pandas as pd
+
+    engine = hook.get_sqlalchemy_engine()
+    try:
+        with engine.connect() as connection:
+            streaming = connection.execution_options(stream_results=True, max_row_buffer=chunk_rows)
+            yield from pd.read_sql(sql, streaming, chunksize=chunk_rows)
+    finally:
+        engine.dispose()
 
 
 def placeholders(hook: DbApiHook, count: int) -> str:

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -86,16 +87,39 @@ def clean_sandbox(sandbox):
     sandbox.reset()
 
 
-@pytest.fixture
-def warehouse(tmp_path, monkeypatch):
-    """A fresh SQLite warehouse behind ``warehouse_default``; returns its hook."""
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_WAREHOUSE_DEFAULT",
-        json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "warehouse.db")}),
-    )
+POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def warehouse(request, tmp_path, monkeypatch):
+    """A fresh, empty warehouse behind ``warehouse_default``: a SQLite file, or a new PostgreSQL database.
+
+    Every test that takes it runs on both; returns the connection's hook.
+    """
+    if request.param == "sqlite":
+        conn = {"conn_type": "sqlite", "host": str(tmp_path / "warehouse.db")}
+    else:
+        database = f"bulk_email_test_{uuid.uuid4().hex[:12]}"
+        postgres_admin(f'CREATE DATABASE "{database}"')
+        request.addfinalizer(lambda: postgres_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        conn = {
+            "conn_type": "postgres",
+            "host": POSTGRES["host"],
+            "port": POSTGRES["port"],
+            "login": POSTGRES["user"],
+            "schema": database,
+        }
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE_DEFAULT", json.dumps(conn))
     from include.warehouse import get_warehouse_hook
 
     return get_warehouse_hook()
+
+
+def postgres_admin(statement: str) -> None:
+    import psycopg
+
+    with psycopg.connect(dbname="postgres", autocommit=True, **POSTGRES) as admin:
+        admin.execute(statement)
 
 
 def load_campaign_dag():

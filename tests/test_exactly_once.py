@@ -27,7 +27,7 @@ import pytest
 
 from include import batch_ledger
 from include.sample_audience import create_recipients_table
-from tests.conftest import REPO_ROOT, SCENARIO_REPORT, point_migosmtp_at
+from tests.conftest import REPO_ROOT, SCENARIO_REPORT, point_migosmtp_at, postgres_admin
 
 RECIPIENTS = 30
 CONF = {"max_batch_size": 10, "hourly_cap": 1000, "daily_cap": 1000}
@@ -299,26 +299,21 @@ class TestHaltAlerts:
 
 class TestProcessesDying:
     def test_warehouse_unavailable_while_the_ledger_closes(self, run_campaign, audience, sandbox, started):
-        """A locked SQLite database refuses writes; the lock spans both close_ledger tries."""
-        database = audience.get_connection(audience.get_conn_id()).host
+        """The outage starts once every batch is scheduled and spans both close_ledger tries."""
 
-        def lock_when_all_sent():
+        def outage_when_all_sent():
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 rows = _safe_ledger(audience)
                 if len(rows) == 3 and all(r["status"] == "scheduled" for r in rows):
                     break
                 time.sleep(0.005)
-            holder = sqlite3.connect(database, isolation_level=None)
-            holder.execute("BEGIN EXCLUSIVE")
-            time.sleep(25)
-            holder.execute("ROLLBACK")
-            holder.close()
+            warehouse_outage(audience, seconds=25)
 
-        locker = threading.Thread(target=lock_when_all_sent)
-        locker.start()
+        outage = threading.Thread(target=outage_when_all_sent)
+        outage.start()
         run = run_campaign(**CONF)
-        locker.join()
+        outage.join()
 
         assert run.state == "failed" and run.states("close_ledger") == ["failed"]
         assert run.task("close_ledger").try_number == 2
@@ -328,7 +323,10 @@ class TestProcessesDying:
         assert rerun.state == "success"
         assert rerun.states("send_batch") == ["skipped"]  # mapped over nothing: no batch was unsent
         assert_exactly_once(
-            "warehouse locked during the ledger write, then rerun", sandbox, audience, started
+            f"warehouse ({audience.dialect_name}) down during the ledger write, then rerun",
+            sandbox,
+            audience,
+            started,
         )
 
     def test_run_killed_while_a_batch_is_in_flight(self, run_campaign, audience, sandbox, started):
@@ -370,6 +368,26 @@ class TestProcessesDying:
 
         assert rerun.state == "success"
         assert_exactly_once("run killed with a request in flight, then rerun", sandbox, audience, started)
+
+
+def warehouse_outage(hook, seconds: float) -> None:
+    """Make the warehouse refuse work for ``seconds``, the way each database does.
+
+    SQLite: another connection holds the write lock, so writes fail with "database is locked".
+    PostgreSQL: the database stops accepting connections and its sessions are terminated.
+    """
+    if hook.dialect_name == "sqlite":
+        holder = sqlite3.connect(hook.get_connection(hook.get_conn_id()).host, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        time.sleep(seconds)
+        holder.execute("ROLLBACK")
+        holder.close()
+        return
+    database = hook.get_connection(hook.get_conn_id()).schema
+    postgres_admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+    postgres_admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'")
+    time.sleep(seconds)
+    postgres_admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
 
 
 def _safe_ledger(warehouse):
