@@ -1,8 +1,9 @@
 """Planning memory and XCom size against list size: prints one row per run.
 
-    .venv/bin/python benchmarks/plan_memory.py [--sizes 10000 50000 200000]
+    .venv/bin/python benchmarks/plan_memory.py [--sizes 10000 50000 200000] [--warehouse postgres]
 
-Each size runs in a fresh process: seed a SQLite warehouse with N recipients
+Each size runs in a fresh process: seed a warehouse (a SQLite file, or a new
+database on the local PostgreSQL) with N recipients
 (1% bad rows), time ``plan_campaign`` (stream, screen, stage, write the
 planned ledger), then plan again under tracemalloc for its peak traced Python
 memory (started after imports and seeding) and report the process's peak RSS. A second table shows
@@ -26,12 +27,35 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _one(size: int, max_batch_size: int) -> dict:
+def _warehouse_connection(kind: str, workdir: Path) -> dict:
+    if kind == "sqlite":
+        return {"conn_type": "sqlite", "host": str(workdir / "warehouse.db")}
+    import psycopg
+
+    database = f"plan_bench_{workdir.name.replace('-', '_').lower()}"
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{database}"')
+    return {
+        "conn_type": "postgres",
+        "host": "127.0.0.1",
+        "port": 5432,
+        "login": "postgres",
+        "schema": database,
+    }
+
+
+def _drop_postgres(connection: dict) -> None:
+    import psycopg
+
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{connection["schema"]}" WITH (FORCE)')
+
+
+def _one(size: int, max_batch_size: int, kind: str) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="plan-bench-"))
     os.environ["AIRFLOW_HOME"] = str(workdir / "airflow")
-    os.environ["AIRFLOW_CONN_WAREHOUSE_DEFAULT"] = json.dumps(
-        {"conn_type": "sqlite", "host": str(workdir / "warehouse.db")}
-    )
+    connection = _warehouse_connection(kind, workdir)
+    os.environ["AIRFLOW_CONN_WAREHOUSE_DEFAULT"] = json.dumps(connection)
     sys.path.insert(0, str(REPO_ROOT))
     from include.campaign_tasks import plan_campaign
     from include.sample_audience import create_recipients_table
@@ -57,6 +81,8 @@ def _one(size: int, max_batch_size: int) -> dict:
     tracemalloc.start()
     batches = plan_campaign(params)
     _, peak = tracemalloc.get_traced_memory()
+    if kind == "postgres":
+        _drop_postgres(connection)
     return {
         "recipients": size,
         "max_batch_size": max_batch_size,
@@ -68,9 +94,9 @@ def _one(size: int, max_batch_size: int) -> dict:
     }
 
 
-def _run(size: int, max_batch_size: int) -> dict:
+def _run(size: int, max_batch_size: int, kind: str) -> dict:
     out = subprocess.run(
-        [sys.executable, __file__, "--child", str(size), str(max_batch_size)],
+        [sys.executable, __file__, "--child", str(size), str(max_batch_size), kind],
         check=True,
         capture_output=True,
         text=True,
@@ -81,24 +107,26 @@ def _run(size: int, max_batch_size: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 200_000])
-    parser.add_argument("--child", type=int, nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--warehouse", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         import logging
 
         logging.disable(logging.INFO)
-        print(json.dumps(_one(*args.child)))
+        size, batch, kind = args.child
+        print(json.dumps(_one(int(size), int(batch), kind)))
         return
     print(f"{'recipients':>10} {'batch':>6} {'batches':>7} {'seconds':>8} {'traced MiB':>10} {'RSS MiB':>8}")
     for size in args.sizes:
-        r = _run(size, 1000)
+        r = _run(size, 1000, args.warehouse)
         print(
             f"{r['recipients']:>10} {r['max_batch_size']:>6} {r['batches']:>7} {r['seconds']:>8} "
             f"{r['traced_peak_mib']:>10} {r['max_rss_mib']:>8}"
         )
     print(f"\n{'batch size':>10} {'batches':>7} {'XCom bytes/batch':>16}")
     for batch_size in (10, 100, 1000):
-        r = _run(10_000, batch_size)
+        r = _run(10_000, batch_size, args.warehouse)
         print(f"{batch_size:>10} {r['batches']:>7} {r['xcom_bytes_per_batch']:>16}")
 
 
