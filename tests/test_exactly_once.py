@@ -65,7 +65,7 @@ def assert_exactly_once(name, sandbox, warehouse, started, recipients=RECIPIENTS
     rows = ledger(warehouse)
     SCENARIO_REPORT.append(
         {
-            "scenario": name,
+            "scenario": f"{name} [{warehouse.dialect_name}]",
             "recipients": recipients,
             "batches": len(rows),
             "api_requests": len(api_requests(sandbox)),
@@ -323,7 +323,7 @@ class TestProcessesDying:
         assert rerun.state == "success"
         assert rerun.states("send_batch") == ["skipped"]  # mapped over nothing: no batch was unsent
         assert_exactly_once(
-            f"warehouse ({audience.dialect_name}) down during the ledger write, then rerun",
+            "warehouse down during the ledger write, then rerun",
             sandbox,
             audience,
             started,
