@@ -1,0 +1,609 @@
+"""A real Airflow 3 deployment on loopback, run the way users run it, for the deployment tests.
+
+    with AirflowStack(tmp_path, executor="CeleryExecutor", connections=..., variables=...) as stack:
+        run_id = stack.api.trigger_dag_run(DAG_ID, {"campaign_id": "c1"})
+        run = stack.wait_for_dag_run(DAG_ID, run_id)
+
+Each stack gets a fresh PostgreSQL metadata database (dropped on stop), its own
+AIRFLOW_HOME, ``airflow db migrate``, the ``migosmtp_api`` pool, and then
+``api-server``, ``scheduler``, ``dag-processor``, ``triggerer`` (and, for
+Celery, two ``celery worker``\\ s with their own hostnames) as separate
+processes, each in its own process group and with its own log file under
+``<workdir>/logs``. Connections and Variables reach every process as
+``AIRFLOW_CONN_*`` / ``AIRFLOW_VAR_*`` environment variables, as in
+``tests/conftest.py``. Nothing listens beyond 127.0.0.1: the log servers that
+the scheduler, triggerer and workers would start on all interfaces are
+skipped (every process shares one AIRFLOW_HOME, so the api-server reads task
+logs from disk).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Literal, Self, TypeVar
+
+import psycopg
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DAG_ID = "bulk_email_campaign"
+POOL = "migosmtp_api"
+POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+REDIS_URL = "redis://127.0.0.1:6379"
+API_USER = "deployer"
+TERMINAL_RUN_STATES = ("success", "failed")
+
+MIGRATE_TIMEOUT = 300.0
+CLI_TIMEOUT = 120.0
+START_TIMEOUT = 120.0
+DAG_PARSE_TIMEOUT = 120.0
+STOP_GRACE = 15.0
+POLL_INTERVAL = 0.5
+
+Executor = Literal["LocalExecutor", "CeleryExecutor"]
+T = TypeVar("T")
+
+
+class StackError(RuntimeError):
+    """A stack process failed, or something did not become ready in time."""
+
+
+class ApiError(StackError):
+    def __init__(self, method: str, path: str, status: int, body: str) -> None:
+        super().__init__(f"{method} {path} -> {status}: {body[:2000]}")
+        self.status = status
+
+
+# -- PostgreSQL databases --------------------------------------------------------------------
+
+
+def _postgres_admin(sql: str) -> None:
+    # autocommit: CREATE/DROP DATABASE cannot run inside a transaction.
+    with psycopg.connect(dbname="postgres", autocommit=True, **POSTGRES) as conn:
+        conn.execute(sql)
+
+
+def create_postgres_database(prefix: str) -> str:
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    _postgres_admin(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def drop_postgres_database(name: str) -> None:
+    # FORCE: a process killed mid-transaction may leave a backend connected.
+    _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def fresh_postgres_database(prefix: str) -> Iterator[str]:
+    name = create_postgres_database(prefix)
+    try:
+        yield name
+    finally:
+        drop_postgres_database(name)
+
+
+def postgres_connection(database: str) -> dict[str, Any]:
+    """An Airflow connection (as AIRFLOW_CONN_* JSON takes it) to one of those databases."""
+    return {
+        "conn_type": "postgres",
+        "host": POSTGRES["host"],
+        "port": POSTGRES["port"],
+        "login": POSTGRES["user"],
+        "schema": database,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- the REST API client ---------------------------------------------------------------------
+
+
+class AirflowApi:
+    """The public REST API v2, authenticated as SimpleAuthManager requires.
+
+    ``POST /auth/token`` with a configured user's name and password returns a JWT
+    (201 ``{"access_token": ...}``); every API call carries it as a Bearer token.
+    """
+
+    def __init__(self, base_url: str, username: str, password: str, timeout: float = 30.0) -> None:
+        self.base_url = base_url
+        self._credentials = {"username": username, "password": password}
+        self._timeout = timeout
+        self._session = requests.Session()
+        self._token: str | None = None
+
+    def _login(self) -> None:
+        resp = self._session.post(
+            f"{self.base_url}/auth/token", json=self._credentials, timeout=self._timeout
+        )
+        if resp.status_code != 201:
+            raise ApiError("POST", "/auth/token", resp.status_code, resp.text)
+        self._token = resp.json()["access_token"]
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        for attempt in (1, 2):
+            if self._token is None:
+                self._login()
+            resp = self._session.request(
+                method,
+                f"{self.base_url}/api/v2{path}",
+                # JSON, not the log endpoint's default NDJSON stream.
+                headers={"Authorization": f"Bearer {self._token}", "Accept": "application/json"},
+                timeout=self._timeout,
+                **kwargs,
+            )
+            if resp.status_code == 401 and attempt == 1:
+                self._token = None  # expired: log in again, once
+                continue
+            if not resp.ok:
+                raise ApiError(method, path, resp.status_code, resp.text)
+            return resp.json() if resp.content else None
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self._session.close()
+        self._token = None
+
+    def health(self) -> dict[str, Any]:
+        """The monitor endpoint, which needs no token (it also answers before any user exists)."""
+        resp = self._session.get(f"{self.base_url}/api/v2/monitor/health", timeout=self._timeout)
+        if not resp.ok:
+            raise ApiError("GET", "/monitor/health", resp.status_code, resp.text)
+        return resp.json()
+
+    def dag(self, dag_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/dags/{dag_id}")
+
+    def import_errors(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/importErrors")["import_errors"]
+
+    def pool(self, name: str) -> dict[str, Any]:
+        return self.request("GET", f"/pools/{name}")
+
+    def trigger_dag_run(self, dag_id: str, conf: Mapping[str, Any]) -> str:
+        """What the UI's trigger form sends: no logical date (Airflow 3 manual runs), the conf."""
+        run = self.request("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": dict(conf)})
+        return run["dag_run_id"]
+
+    def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+
+    def task_instances(self, dag_id: str, run_id: str, page_size: int = 100) -> list[dict[str, Any]]:
+        """Every task instance of the run, mapped ones included (hostname, pid, pool, dates...)."""
+        found: list[dict[str, Any]] = []
+        while True:
+            page = self.request(
+                "GET",
+                f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances",
+                params={"limit": page_size, "offset": len(found), "order_by": "map_index"},
+            )
+            found += page["task_instances"]
+            if not page["task_instances"] or len(found) >= page["total_entries"]:
+                return found
+
+    def task_instance_tries(
+        self, dag_id: str, run_id: str, task_id: str, map_index: int
+    ) -> list[dict[str, Any]]:
+        """Every try of one (mapped) task instance, each with its own start/end, hostname and pid."""
+        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/tries"
+        return self.request("GET", path)["task_instances"]
+
+    def task_log(self, ti: Mapping[str, Any], lines: int = 30) -> str:
+        """The last lines of a task instance's current try, as the UI's log view gets them."""
+        run = f"/dags/{ti['dag_id']}/dagRuns/{ti['dag_run_id']}"
+        path = f"{run}/taskInstances/{ti['task_id']}/logs/{ti['try_number']}"
+        content = self.request("GET", path, params={"map_index": ti["map_index"]})["content"]
+        return "\n".join(
+            str(entry.get("event", entry)) if isinstance(entry, dict) else str(entry)
+            for entry in content[-lines:]
+        )
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: IO[bytes]
+
+    @property
+    def pgid(self) -> int:
+        return self.popen.pid  # start_new_session: the process leads its own group
+
+    def exited(self) -> int | None:
+        return self.popen.poll()
+
+    def group_alive(self) -> bool:
+        self.popen.poll()  # reap the leader first: a zombie would still count as a member
+        try:
+            os.killpg(self.pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def signal_group(self, signum: int) -> None:
+        try:
+            os.killpg(self.pgid, signum)
+        except ProcessLookupError:
+            pass
+
+    def tail(self, lines: int = 60) -> str:
+        self.log_file.flush()
+        text = self.log_path.read_bytes().decode(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _process_error(process: _Process, problem: str) -> StackError:
+    return StackError(f"{process.name}: {problem}\n--- tail of {process.log_path} ---\n{process.tail()}")
+
+
+class AirflowStack:
+    """Airflow's own processes against a fresh metadata database; a context manager."""
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str],
+        executor: Executor = "LocalExecutor",
+        parallelism: int = 4,
+        pool_slots: int = 2,
+        connections: Mapping[str, Mapping[str, Any]] | None = None,
+        variables: Mapping[str, str] | None = None,
+        celery_workers: int = 2,
+        worker_concurrency: int = 2,
+    ) -> None:
+        if parallelism < 2:
+            raise ValueError("parallelism must be > 1: the tier checks tasks that run side by side")
+        if executor == "CeleryExecutor" and importlib.util.find_spec("airflow.providers.celery") is None:
+            raise StackError(
+                "CeleryExecutor needs apache-airflow-providers-celery (with celery[redis]) in this venv; "
+                "it is not installed"
+            )
+        self.workdir = Path(workdir)
+        self.executor = executor
+        self.parallelism = parallelism
+        self.pool_slots = pool_slots
+        self.connections = dict(connections or {})
+        self.variables = dict(variables or {})
+        self.celery_workers = celery_workers if executor == "CeleryExecutor" else 0
+        self.worker_concurrency = worker_concurrency
+        self.home = self.workdir / "airflow_home"
+        self.logs = self.workdir / "logs"
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.database: str | None = None
+        self.worker_hostnames = [f"worker-{n}" for n in range(1, self.celery_workers + 1)]
+        # One queue name and broker database per stack, so stacks (and other Redis users) never share tasks.
+        self.queue = f"deploy_{secrets.token_hex(4)}"
+        self.redis_db: int | None = None
+        self._password = secrets.token_urlsafe(16)
+        self._procs: list[_Process] = []
+        self.api = AirflowApi(self.base_url, API_USER, self._password)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> Self:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.database = create_postgres_database("airflow")
+        if self.executor == "CeleryExecutor":
+            self.redis_db = _empty_redis_db()
+        # The user's password file is written before the api-server starts, so it
+        # keeps it instead of generating (and printing) one.
+        (self.workdir / "passwords.json").write_text(json.dumps({API_USER: self._password}))
+        env = self._environment()
+        self._run_cli("db-migrate", ["db", "migrate"], env, MIGRATE_TIMEOUT)
+        self._run_cli("pools-set", ["pools", "set", POOL, str(self.pool_slots), "MigoSMTP API calls"], env)
+
+        self._spawn(
+            "api-server",
+            ["api-server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+            env,
+        )
+        self._spawn("scheduler", ["scheduler", "--skip-serve-logs"], env)
+        self._spawn("dag-processor", ["dag-processor"], env)
+        self._spawn("triggerer", ["triggerer", "--skip-serve-logs"], env)
+        for hostname in self.worker_hostnames:
+            self._spawn(hostname, self._worker_command(hostname), self._worker_environment(env, hostname))
+
+        self._wait_for("api-server", "the health endpoint to answer", self._health_answers, START_TIMEOUT)
+        for component in ("scheduler", "dag_processor", "triggerer"):
+            self._wait_for(
+                component.replace("_", "-"),
+                f"the {component} heartbeat to be healthy",
+                lambda c=component: self._healthy(c),
+                START_TIMEOUT,
+            )
+        for hostname in self.worker_hostnames:
+            self._wait_for(
+                hostname,
+                "the Celery worker to be ready",
+                lambda h=hostname: self._worker_ready(h),
+                START_TIMEOUT,
+            )
+        self._wait_for("dag-processor", f"DAG {DAG_ID} to be parsed", self._dag_registered, DAG_PARSE_TIMEOUT)
+
+    def stop(self) -> None:
+        """SIGTERM every process group this stack started, SIGKILL what is left after the grace period."""
+        for process in reversed(self._procs):
+            process.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        while any(p.group_alive() for p in self._procs) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for process in self._procs:
+            if process.group_alive():
+                process.signal_group(signal.SIGKILL)
+        for process in self._procs:
+            process.popen.wait()
+            process.log_file.close()
+        self._procs.clear()
+        self.api.close()
+        if self.redis_db is not None:
+            _delete_redis_queue(self.redis_db, self.queue)
+            self.redis_db = None
+        if self.database is not None:
+            drop_postgres_database(self.database)
+            self.database = None
+
+    # -- configuration ---------------------------------------------------------------------------
+
+    def _environment(self) -> dict[str, str]:
+        assert self.database is not None
+        # Nothing Airflow-related leaks in from the test process (its AIRFLOW_HOME, connections, ...).
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW") and k != "PYTHONPATH"}
+        sql_conn = (
+            f"postgresql+psycopg2://{POSTGRES['user']}@{POSTGRES['host']}:{POSTGRES['port']}/{self.database}"
+        )
+        env.update(
+            {
+                "AIRFLOW_HOME": str(self.home),
+                "PYTHONPATH": str(REPO_ROOT),  # the DAG imports include.*
+                "PYTHONUNBUFFERED": "1",  # log files show what a process did before it died
+                "AIRFLOW__CORE__EXECUTOR": self.executor,
+                "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+                "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sql_conn,
+                # Every process must agree on these: tasks get JWTs from the scheduler that the
+                # api-server's execution API verifies.
+                "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
+                "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
+                "AIRFLOW__API__BASE_URL": self.base_url,
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{API_USER}:admin",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.workdir / "passwords.json"),
+                "AIRFLOW__OPERATORS__DEFAULT_QUEUE": self.queue,
+            }
+        )
+        if self.executor == "CeleryExecutor":
+            env.update(
+                {
+                    "AIRFLOW__CELERY__BROKER_URL": f"{REDIS_URL}/{self.redis_db}",
+                    "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{sql_conn.replace('+psycopg2', '')}",
+                    "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.worker_concurrency),
+                }
+            )
+        for conn_id, conn in self.connections.items():
+            env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
+        for key, value in self.variables.items():
+            env[f"AIRFLOW_VAR_{key.upper()}"] = value
+        return env
+
+    def _worker_command(self, hostname: str) -> list[str]:
+        return [
+            "celery",
+            "worker",
+            "--celery-hostname",
+            hostname,
+            "--queues",
+            self.queue,
+            "--skip-serve-logs",
+            "--pid",
+            str(self.workdir / f"{hostname}.pid"),  # the default pid file is shared by both workers
+        ]
+
+    def _worker_environment(self, env: dict[str, str], hostname: str) -> dict[str, str]:
+        return {
+            **env,
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.deployment.worker_hostname.hostname",
+            "DEPLOYMENT_WORKER_HOSTNAME": hostname,
+        }
+
+    # -- processes -------------------------------------------------------------------------------
+
+    def _airflow(self, args: list[str]) -> list[str]:
+        return [sys.executable, "-m", "airflow", *args]
+
+    def _run_cli(self, name: str, args: list[str], env: dict[str, str], timeout: float = CLI_TIMEOUT) -> None:
+        log_path = self.logs / f"{name}.log"
+        with log_path.open("wb") as log:
+            try:
+                done = subprocess.run(
+                    self._airflow(args),
+                    cwd=self.workdir,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=timeout,
+                )
+            except subprocess.TimeoutExpired:
+                problem = f"`airflow {' '.join(args)}` did not finish in {timeout:.0f} s"
+            else:
+                if done.returncode == 0:
+                    return
+                problem = f"`airflow {' '.join(args)}` exited with {done.returncode}"
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-60:])
+        raise StackError(f"{name}: {problem}\n--- tail of {log_path} ---\n{tail}")
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        log_path = self.logs / f"{name}.log"
+        log_file = log_path.open("ab")
+        popen = subprocess.Popen(
+            self._airflow(args),
+            cwd=self.workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so stop() reaches its children too
+        )
+        self._procs.append(_Process(name, popen, log_path, log_file))
+
+    def process(self, name: str) -> _Process:
+        return next(p for p in self._procs if p.name == name)
+
+    def check_processes(self) -> None:
+        """Raise, naming the process and showing its log, if any stack process has exited."""
+        for process in self._procs:
+            code = process.exited()
+            if code is not None:
+                raise _process_error(process, f"exited with code {code}")
+
+    def _wait_for(
+        self,
+        blame: str,
+        what: str,
+        probe: Callable[[], T | None],
+        timeout: float,
+        detail: Callable[[], str] | None = None,
+    ) -> T:
+        """Poll ``probe`` until it returns a value; blame the named process if it never does."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_processes()
+            try:
+                value = probe()
+            except (requests.ConnectionError, requests.Timeout):
+                value = None  # not listening yet
+            if value is not None:
+                return value
+            if time.monotonic() >= deadline:
+                extra = f" ({detail()})" if detail else ""
+                raise _process_error(self.process(blame), f"waited {timeout:.0f} s for {what}{extra}")
+            time.sleep(POLL_INTERVAL)
+
+    # -- readiness probes ------------------------------------------------------------------------
+
+    def _health_answers(self) -> bool | None:
+        return True if self.api.health() else None
+
+    def _healthy(self, component: str) -> bool | None:
+        return True if (self.api.health().get(component) or {}).get("status") == "healthy" else None
+
+    def _worker_ready(self, hostname: str) -> bool | None:
+        return True if f"@{hostname} ready." in self.process(hostname).tail(400) else None
+
+    def _dag_registered(self) -> dict[str, Any] | None:
+        errors = self.api.import_errors()
+        if errors:
+            raise _process_error(self.process("dag-processor"), f"import errors: {json.dumps(errors)[:3000]}")
+        try:
+            return self.api.dag(DAG_ID)
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise
+
+    # -- runs ------------------------------------------------------------------------------------
+
+    def wait_for_dag_run(self, dag_id: str, run_id: str, timeout: float = 240.0) -> dict[str, Any]:
+        """Poll the run through the REST API until it is finished; the scheduler is blamed if not."""
+
+        def finished() -> dict[str, Any] | None:
+            run = self.api.dag_run(dag_id, run_id)
+            return run if run["state"] in TERMINAL_RUN_STATES else None
+
+        def states() -> str:
+            tis = self.api.task_instances(dag_id, run_id)
+            counts: dict[str, int] = {}
+            for ti in tis:
+                key = f"{ti['task_id']}={ti['state']}"
+                counts[key] = counts.get(key, 0) + 1
+            return f"task instances: {counts}"
+
+        return self._wait_for("scheduler", f"run {run_id} to finish", finished, timeout, states)
+
+    def describe_run(self, dag_id: str, run_id: str) -> str:
+        """Every task instance that did not succeed, with the tail of its log: for assertion messages."""
+        parts = []
+        for ti in self.api.task_instances(dag_id, run_id):
+            if ti["state"] != "success":
+                label = f"{ti['task_id']}[{ti['map_index']}] {ti['state']} (try {ti['try_number']})"
+                try:
+                    log = self.api.task_log(ti) if ti["try_number"] else "(never ran)"
+                except ApiError as err:
+                    log = f"(no log: {err})"
+                parts.append(f"--- {label} ---\n{log}")
+        return "\n".join(parts) or "every task instance succeeded"
+
+
+# -- Redis (Celery broker) ---------------------------------------------------------------------
+
+
+def _empty_redis_db() -> int:
+    """A Redis database nobody is using, so this stack's broker keys stand alone."""
+    import redis
+
+    for db in range(15, 0, -1):
+        client = redis.Redis.from_url(f"{REDIS_URL}/{db}")
+        try:
+            if client.dbsize() == 0:
+                return db
+        finally:
+            client.close()
+    raise StackError("no empty Redis database (1-15) for the Celery broker")
+
+
+def _delete_redis_queue(db: int, queue: str) -> None:
+    """Remove the keys Celery made for this stack's queue; other keys in the database are left alone."""
+    import redis
+
+    client = redis.Redis.from_url(f"{REDIS_URL}/{db}")
+    try:
+        keys = list(client.scan_iter(match=f"*{queue}*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()

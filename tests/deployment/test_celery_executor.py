@@ -1,0 +1,123 @@
+"""The campaign on a real CeleryExecutor deployment: Redis broker, two workers, the rate limit biting."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from include import batch_ledger
+from include.migosmtp_client import SEND_ENDPOINT as SEND_PATH
+from include.migosmtp_sandbox import SandboxProcess
+from include.sample_audience import create_recipients_table
+from tests.deployment.airflow_stack import DAG_ID, AirflowStack
+from tests.deployment.campaign_checks import (
+    API_KEY,
+    BAD_EVERY,
+    BATCHES,
+    RECIPIENTS,
+    VARIABLES,
+    RunReport,
+    assert_each_recipient_sent_once,
+    assert_ledger_matches_sandbox,
+    assert_mapped_batches_succeeded,
+    campaign_conf,
+    expected_send_at,
+    first_slot,
+    peak_concurrency,
+)
+
+pytestmark = pytest.mark.deployment
+
+WORKERS = 2
+WORKER_CONCURRENCY = 2
+POOL_SLOTS = 2
+# Fewer sends allowed per minute than there are batches, so the limit is hit for real and the
+# 429 -> Retry-After -> retry path runs across workers; the sandbox's window is a fixed 60 s.
+REQUESTS_PER_MINUTE = 12
+RATE_WINDOW = timedelta(seconds=60)
+
+
+def _at(request: dict) -> datetime:
+    return datetime.fromisoformat(request["at"])
+
+
+def window_ends_of_refusals(sends: list[dict], first_window_start: datetime) -> dict[int, datetime]:
+    """When the sandbox's rate window that refused each 429'd request closed.
+
+    The sandbox counts fixed 60 s windows: the first from its reset, each later one from the
+    first send after the previous window ended (include/migosmtp_sandbox/server.py RateLimiter).
+    """
+    window_start, ends = first_window_start, {}
+    for r in sends:
+        if _at(r) - window_start >= RATE_WINDOW:
+            window_start = _at(r)
+        if r["status_code"] == 429:
+            ends[r["id"]] = window_start + RATE_WINDOW
+    return ends
+
+
+def test_a_campaign_on_two_celery_workers_is_sent_once_within_pool_and_rate_limit(
+    tmp_path, postgres_warehouse
+):
+    create_recipients_table(postgres_warehouse.hook, "recipients", RECIPIENTS, bad_every=BAD_EVERY)
+    start_at = first_slot()
+
+    with (
+        SandboxProcess(
+            tmp_path / "sandbox.db", api_key=API_KEY, requests_per_minute=REQUESTS_PER_MINUTE
+        ) as sandbox,
+        AirflowStack(
+            tmp_path / "stack",
+            executor="CeleryExecutor",
+            parallelism=WORKERS * WORKER_CONCURRENCY,
+            pool_slots=POOL_SLOTS,
+            celery_workers=WORKERS,
+            worker_concurrency=WORKER_CONCURRENCY,
+            connections={
+                "migosmtp_default": {
+                    "conn_type": "http",
+                    "host": sandbox.host,
+                    "port": sandbox.port,
+                    "schema": "http",
+                    "password": API_KEY,
+                },
+                "warehouse_default": postgres_warehouse.connection,
+            },
+            variables=VARIABLES,
+        ) as stack,
+    ):
+        # The sandbox's first rate window starts at its reset: make that the trigger, not the stack's start.
+        first_window_start = datetime.now(UTC)
+        sandbox.reset()
+        run_id = stack.api.trigger_dag_run(DAG_ID, campaign_conf("deploy-celery", start_at))
+        run = stack.wait_for_dag_run(DAG_ID, run_id)
+        assert run["state"] == "success", stack.describe_run(DAG_ID, run_id)
+        report = RunReport.collect(stack, run_id, run)
+        record, requests = sandbox.record(), sandbox.requests()
+        hostnames = stack.worker_hostnames
+
+    assert_mapped_batches_succeeded(report)
+    assert_each_recipient_sent_once(record, expected_send_at(start_at))
+    ledger = batch_ledger.rows(postgres_warehouse.hook, "deploy-celery", with_recipient_ids=True)
+    assert_ledger_matches_sandbox(ledger, record, requests, "deploy-celery")
+
+    # Both workers took batches, and the pool held across them.
+    assert {t["hostname"] for t in report.send_tries} == set(hostnames)
+    assert peak_concurrency(report.send_tries) <= POOL_SLOTS
+
+    # The rate limit was hit (more batches than the minute allows), but no 429 storm: each batch
+    # was refused at most once, and came back only once the window that refused it had closed
+    # (its Retry-After; 1 s of slack for the log's timestamps, taken after each request).
+    sends = [r for r in requests if r["path"] == SEND_PATH]
+    assert {r["status_code"] for r in sends} == {202, 429}
+    window_ends = window_ends_of_refusals(sends, first_window_start)
+    by_key = defaultdict(list)
+    for r in sends:
+        by_key[r["idempotency_key"]].append(r)
+    refused = {key: rs for key, rs in by_key.items() if rs[0]["status_code"] == 429}
+    assert len(refused) == len(window_ends) <= BATCHES - REQUESTS_PER_MINUTE
+    for key, (refusal, *retries) in refused.items():
+        assert [r["status_code"] for r in retries] == [202], (key, refusal, retries)
+        assert _at(retries[0]) >= window_ends[refusal["id"]] - timedelta(seconds=1), (key, refusal, retries)

@@ -1,0 +1,71 @@
+"""The campaign on a real LocalExecutor deployment, triggered and watched through the REST API."""
+
+from __future__ import annotations
+
+import pytest
+
+from include import batch_ledger
+from include.migosmtp_sandbox import SandboxProcess
+from include.sample_audience import create_recipients_table
+from tests.deployment.airflow_stack import DAG_ID, AirflowStack
+from tests.deployment.campaign_checks import (
+    API_KEY,
+    BAD_EVERY,
+    RECIPIENTS,
+    VARIABLES,
+    RunReport,
+    assert_each_recipient_sent_once,
+    assert_ledger_matches_sandbox,
+    assert_mapped_batches_succeeded,
+    campaign_conf,
+    expected_send_at,
+    first_slot,
+    peak_concurrency,
+    sends_per_key,
+)
+
+pytestmark = pytest.mark.deployment
+
+PARALLELISM = 4
+POOL_SLOTS = 2  # below parallelism, so the pool, not the executor, is what limits the API calls
+
+
+def test_a_campaign_triggered_over_rest_is_sent_once_within_the_pool(tmp_path, postgres_warehouse):
+    create_recipients_table(postgres_warehouse.hook, "recipients", RECIPIENTS, bad_every=BAD_EVERY)
+    start_at = first_slot()
+
+    with (
+        SandboxProcess(tmp_path / "sandbox.db", api_key=API_KEY) as sandbox,
+        AirflowStack(
+            tmp_path / "stack",
+            executor="LocalExecutor",
+            parallelism=PARALLELISM,
+            pool_slots=POOL_SLOTS,
+            connections={
+                "migosmtp_default": {
+                    "conn_type": "http",
+                    "host": sandbox.host,
+                    "port": sandbox.port,
+                    "schema": "http",
+                    "password": API_KEY,
+                },
+                "warehouse_default": postgres_warehouse.connection,
+            },
+            variables=VARIABLES,
+        ) as stack,
+    ):
+        run_id = stack.api.trigger_dag_run(DAG_ID, campaign_conf("deploy-local", start_at))
+        run = stack.wait_for_dag_run(DAG_ID, run_id)
+        assert run["state"] == "success", stack.describe_run(DAG_ID, run_id)
+        report = RunReport.collect(stack, run_id, run)
+        record, requests = sandbox.record(), sandbox.requests()
+
+    assert_mapped_batches_succeeded(report)
+    assert_each_recipient_sent_once(record, expected_send_at(start_at))
+    ledger = batch_ledger.rows(postgres_warehouse.hook, "deploy-local", with_recipient_ids=True)
+    assert_ledger_matches_sandbox(ledger, record, requests, "deploy-local")
+    # Nothing went wrong, so every batch is one request and one try.
+    assert set(sends_per_key(requests).values()) == {1}
+    assert [t["try_number"] for t in report.send_tries] == [1] * len(report.send_tries)
+    # The pool held, and the batches really ran side by side up to it.
+    assert peak_concurrency(report.send_tries) == POOL_SLOTS
