@@ -24,6 +24,7 @@ LEDGER_TABLE = "email_batch_ledger"
 STAGING_TABLE = "email_campaign_recipients"
 REJECTED_TABLE = "email_rejected_recipients"
 HALTS_TABLE = "email_campaign_halts"
+EVENTS_TABLE = "email_events"
 
 _SCHEMA = (
     f"""CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (
@@ -68,6 +69,17 @@ _SCHEMA = (
         reason TEXT NOT NULL,
         halted_at TEXT NOT NULL,
         PRIMARY KEY (campaign_id, run_id))""",
+    # Delivery webhook events as received, one row per provider event_id.
+    f"""CREATE TABLE IF NOT EXISTS {EVENTS_TABLE} (
+        event_id TEXT PRIMARY KEY,
+        batch_id TEXT NOT NULL,
+        campaign_id TEXT,
+        recipient TEXT NOT NULL,
+        type TEXT NOT NULL,
+        reason TEXT,
+        occurred_at BIGINT NOT NULL,
+        received_at TEXT NOT NULL)""",
+    f"CREATE INDEX IF NOT EXISTS {EVENTS_TABLE}_by_batch ON {EVENTS_TABLE} (batch_id, recipient)",
 )
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
