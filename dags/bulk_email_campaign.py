@@ -12,6 +12,7 @@ from airflow.sdk import DAG, TriggerRule, get_current_context, task
 
 from include.campaign_alerts import CampaignHaltNotifier
 from include.campaign_settings import campaign_params
+from include.ledger_asset import LEDGER_ASSET
 from include.migosmtp_retry_policy import MigoSmtpRetryPolicy
 
 with DAG(
@@ -49,7 +50,7 @@ with DAG(
         context["batch_label"] = batch_label(batch)
         return send_batch(batch, context["params"], context["run_id"])
 
-    @task(trigger_rule=TriggerRule.ALL_DONE)
+    @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[LEDGER_ASSET])
     def close_ledger(planned: list[dict] | None) -> dict:
         from include.campaign_tasks import close_ledger
 

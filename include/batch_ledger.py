@@ -140,6 +140,11 @@ def record_halted(hook: DbApiHook, campaign_id: str, batch_number: int, reason: 
     _update(hook, campaign_id, batch_number, f"status = {p}, last_error = {p}", (HALTED, reason[:2000]))
 
 
+def record_delivered(hook: DbApiHook, campaign_id: str, batch_number: int) -> None:
+    p = hook.placeholder
+    _update(hook, campaign_id, batch_number, f"status = {p}", (DELIVERED,))
+
+
 def reschedule(hook: DbApiHook, campaign_id: str, batch_number: int, send_at: datetime) -> None:
     p = hook.placeholder
     _update(hook, campaign_id, batch_number, f"send_at = {p}", (utc_text(send_at),))

@@ -25,6 +25,7 @@ STAGING_TABLE = "email_campaign_recipients"
 REJECTED_TABLE = "email_rejected_recipients"
 HALTS_TABLE = "email_campaign_halts"
 EVENTS_TABLE = "email_events"
+DELIVERIES_TABLE = "email_batch_deliveries"
 
 _SCHEMA = (
     f"""CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (
@@ -80,6 +81,17 @@ _SCHEMA = (
         occurred_at BIGINT NOT NULL,
         received_at TEXT NOT NULL)""",
     f"CREATE INDEX IF NOT EXISTS {EVENTS_TABLE}_by_batch ON {EVENTS_TABLE} (batch_id, recipient)",
+    # Per-batch delivery counts, recomputed from email_events by the reconcile task.
+    f"""CREATE TABLE IF NOT EXISTS {DELIVERIES_TABLE} (
+        campaign_id TEXT NOT NULL,
+        batch_number INTEGER NOT NULL,
+        batch_id TEXT NOT NULL,
+        delivered INTEGER NOT NULL,
+        bounced INTEGER NOT NULL,
+        deferred INTEGER NOT NULL,
+        complained INTEGER NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (campaign_id, batch_number))""",
 )
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")

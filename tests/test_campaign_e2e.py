@@ -261,3 +261,39 @@ class TestCapsAreTheAccounts:
             ("2026-12-02T00:00:00Z", 100),
             ("2026-12-02T01:00:00Z", 50),
         ]
+
+
+class TestDeliveriesReachTheLedger:
+    def test_the_reconcile_dag_marks_batches_delivered_from_stored_events(
+        self, run_campaign, warehouse, sandbox
+    ):
+        from airflow.dag_processing.dagbag import DagBag
+
+        from include.webhook_events import DeliveryEvent, store
+        from tests.conftest import REPO_ROOT
+
+        create_recipients_table(warehouse, "recipients", 20)
+        run_campaign(max_batch_size=10, hourly_cap=1000, daily_cap=1000)
+        batches = sandbox.record()["batches"]
+        # Webhooks for the first batch only: every recipient delivered, one bounce; the second stays out.
+        first, second = sorted(batches, key=lambda b: b["tags"])
+        events = [
+            DeliveryEvent(
+                f"ev{i}",
+                "bounced" if i == 0 else "delivered",
+                first["batch_id"],
+                r["to"],
+                tuple(first["tags"]),
+                100,
+                None,
+            )
+            for i, r in enumerate(first["recipients"])
+        ]
+        store(warehouse, events + events[:3])  # with a few redeliveries
+
+        DagBag(dag_folder=str(REPO_ROOT / "dags")).dags["migosmtp_delivery_reconcile"].test()
+
+        by_batch = {r["batch_id"]: r["status"] for r in batch_ledger.rows(warehouse, "c1")}
+        assert by_batch == {first["batch_id"]: "delivered", second["batch_id"]: "scheduled"}
+        counts = warehouse.get_records("SELECT delivered, bounced FROM email_batch_deliveries")
+        assert [tuple(c) for c in counts] == [(9, 1)]

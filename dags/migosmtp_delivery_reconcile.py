@@ -1,0 +1,34 @@
+"""Advance the campaign ledgers from MigoSMTP delivery events (stored by the webhook receiver plugin).
+
+Every 15 minutes, and on demand, each campaign with batches still out for
+delivery gets its per-batch counts recomputed from ``email_events``; batches
+whose recipients are all final become ``delivered``. The ledger is an Asset,
+so reporting DAGs can run when it changes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from airflow.sdk import DAG, task
+
+from include.ledger_asset import LEDGER_ASSET
+
+with DAG(
+    dag_id="migosmtp_delivery_reconcile",
+    description="Recompute delivery counts and delivered batches from webhook events",
+    schedule=timedelta(minutes=15),
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
+    tags=["email", "migosmtp"],
+):
+
+    @task(outlets=[LEDGER_ASSET])
+    def reconcile_deliveries() -> dict:
+        from include.delivery_reconcile import reconcile_open_campaigns
+
+        return reconcile_open_campaigns()
+
+    reconcile_deliveries()
