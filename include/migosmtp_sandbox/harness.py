@@ -4,6 +4,8 @@
         requests.post(f"{sandbox.url}/v1/email/send/bulk", ...)
         sandbox.set_faults([{"action": "status", "status": 503}])
         assert sandbox.record()["batches"]
+        sandbox.advance(3600)  # deliver batches due within the hour
+        assert sandbox.events()
 
 The server's stdout and stderr go to a log file next to the database; its
 listening line there tells the harness which port it picked.
@@ -40,7 +42,7 @@ class SandboxProcess:
         self,
         db_path: str | os.PathLike[str],
         api_key: str = "test-key",
-        **settings: int,
+        **settings: Any,
     ) -> None:
         self.db_path = Path(db_path)
         self.api_key = api_key
@@ -84,13 +86,16 @@ class SandboxProcess:
             "--api-key",
             self.api_key,
         ]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         for name, value in self.settings.items():
-            cmd += [f"--{name.replace('_', '-')}", str(value)]
+            if name == "webhook_secret":
+                env["MIGOSMTP_SANDBOX_WEBHOOK_SECRET"] = str(value)  # not on the command line
+            elif value is not None:
+                cmd += [f"--{name.replace('_', '-')}", str(value)]
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
         # The log is appended to across restarts: only look for this run's listening line.
         offset = self._log.tell()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self._proc = subprocess.Popen(
             cmd,
             cwd=REPO_ROOT,
@@ -181,3 +186,15 @@ class SandboxProcess:
 
     def requests(self) -> list[dict[str, Any]]:
         return self._admin("GET", "requests")
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every event emitted, oldest first, with ``delivered`` (accepted by the receiver)."""
+        return self._admin("GET", "events")["events"]
+
+    def webhook_attempts(self) -> list[dict[str, Any]]:
+        """Every webhook POST: ``at``, ``event_count``, ``status_code`` or ``error``."""
+        return self._admin("GET", "events")["webhook_attempts"]
+
+    def advance(self, seconds: float) -> dict[str, Any]:
+        """Move the sandbox clock forward; due batches are delivered within a tick (0.2 s)."""
+        return self._admin("POST", "advance", {"seconds": seconds})

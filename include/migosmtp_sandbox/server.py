@@ -1,8 +1,8 @@
 """MigoSMTP sandbox: a stdlib HTTP server implementing the provider API contract.
 
-Implements `/work/shared/reference/migosmtp-api.md` except webhooks: bulk send
-with validation, idempotency keys, monthly quota, per-minute rate limit and
-batch lookups, with a durable SQLite record. Admin endpoints under
+Implements `/work/shared/reference/migosmtp-api.md`: bulk send with
+validation, idempotency keys, monthly quota, per-minute rate limit, batch
+lookups and signed webhooks (see `delivery.py`), with a durable SQLite record. Admin endpoints under
 `/_sandbox/` (no auth) reset state, change settings and queue faults
 (error statuses, latency, dropped connections, malformed bodies) so that
 clients can be tested against the failure modes they must survive.
@@ -28,6 +28,8 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from include.migosmtp_sandbox.delivery import DeliveryWorker, send_at_string
 
 SEND_PATH = "/v1/email/send/bulk"
 BATCHES_PATH = "/v1/email/batches"
@@ -62,6 +64,58 @@ class Settings:
     monthly_used: int = 0
     hourly_limit: int = 150
     daily_limit: int = 1500
+    # Delivery and webhooks (see delivery.py).
+    webhook_url: str | None = None
+    webhook_secret: str = "whsec_sandbox"
+    bounce_rate: float = 0.0
+    defer_rate: float = 0.0
+    complaint_rate: float = 0.0
+    webhook_batch_size: int = 100
+    webhook_retry_base_seconds: float = 1.0
+    webhook_retry_max_seconds: float = 600.0
+    webhook_retry_horizon_seconds: float = 24 * 3600.0
+    webhook_duplicate_rate: float = 0.0
+    webhook_shuffle: bool = False
+    # Sandbox clock: real UTC plus this offset (POST /_sandbox/advance adds to it).
+    clock_offset_seconds: float = 0.0
+
+    RATES = ("bounce_rate", "defer_rate", "complaint_rate", "webhook_duplicate_rate")
+    POSITIVE = ("webhook_retry_base_seconds", "webhook_retry_max_seconds")
+
+    @classmethod
+    def check(cls, name: str, value: Any) -> None:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if name == "api_key":
+            if not isinstance(value, str) or not value:
+                raise ValueError("api_key must be a non-empty string")
+        elif name == "webhook_url":
+            if value is not None and (
+                not isinstance(value, str) or not value.startswith(("http://", "https://"))
+            ):
+                raise ValueError("webhook_url must be null or an http(s) URL")
+        elif name == "webhook_secret":
+            if not isinstance(value, str):
+                raise ValueError("webhook_secret must be a string")
+        elif name == "webhook_shuffle":
+            if not isinstance(value, bool):
+                raise ValueError("webhook_shuffle must be a boolean")
+        elif name in cls.RATES:
+            if not number or not 0 <= value <= 1:
+                raise ValueError(f"{name} must be a number from 0 to 1")
+        elif name in cls.POSITIVE:
+            if not number or value <= 0:
+                raise ValueError(f"{name} must be a positive number")
+        elif name == "webhook_retry_horizon_seconds":
+            if not number or value < 0:
+                raise ValueError(f"{name} must be a non-negative number")
+        elif name == "clock_offset_seconds":
+            if not number or not math.isfinite(value):
+                raise ValueError(f"{name} must be a number")
+        elif name == "webhook_batch_size":
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1000:
+                raise ValueError(f"{name} must be an integer from 1 to 1000")
+        elif not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer")
 
     def update(self, changes: dict[str, Any]) -> None:
         """Validate all changes before applying any, so a bad PATCH changes nothing."""
@@ -69,13 +123,18 @@ class Settings:
         for name, value in changes.items():
             if name not in known:
                 raise ValueError(f"unknown setting: {name}")
-            if name == "api_key":
-                if not isinstance(value, str) or not value:
-                    raise ValueError("api_key must be a non-empty string")
-            elif not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer")
+            self.check(name, value)
+        merged = {**asdict(self), **changes}
+        if sum(merged[name] for name in ("bounce_rate", "defer_rate", "complaint_rate")) > 1:
+            raise ValueError("bounce_rate + defer_rate + complaint_rate must not exceed 1")
         for name, value in changes.items():
             setattr(self, name, value)
+
+    def public(self) -> dict[str, Any]:
+        """The settings as shown by GET /_sandbox/settings: the webhook secret is masked."""
+        shown = asdict(self)
+        shown["webhook_secret"] = "***" if self.webhook_secret else ""
+        return shown
 
 
 @dataclass
@@ -131,7 +190,21 @@ class Store:
         id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, method TEXT NOT NULL,
         path TEXT NOT NULL, status_code INTEGER, idempotency_key TEXT,
         replayed INTEGER NOT NULL DEFAULT 0, fault TEXT);
+    CREATE TABLE IF NOT EXISTS events (
+        event_id TEXT PRIMARY KEY, batch_id TEXT NOT NULL, recipient TEXT NOT NULL,
+        type TEXT NOT NULL, reason TEXT, timestamp INTEGER NOT NULL,
+        delivered INTEGER NOT NULL DEFAULT 0, tags_json TEXT NOT NULL,
+        emitted_at REAL NOT NULL, skipped INTEGER NOT NULL DEFAULT 0,
+        dup_pending INTEGER NOT NULL DEFAULT 0);
+    CREATE INDEX IF NOT EXISTS events_batch ON events (batch_id);
+    CREATE TABLE IF NOT EXISTS webhook_attempts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL,
+        event_count INTEGER NOT NULL, status_code INTEGER, error TEXT);
     """
+    COUNTS_SQL = ", ".join(
+        f"(SELECT COUNT(*) FROM events e WHERE e.batch_id = batches.batch_id AND e.type = '{t}') AS count_{t}"
+        for t in ("delivered", "bounced", "deferred", "complained")
+    )
 
     def __init__(self, path: str) -> None:
         self._lock = threading.Lock()
@@ -195,7 +268,7 @@ class Store:
         return row["body_hash"], Response(row["status_code"], json.loads(row["response_json"]))
 
     def batches(self, where: str = "", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        rows = self._query(f"SELECT * FROM batches {where} ORDER BY rowid", params)
+        rows = self._query(f"SELECT *, {self.COUNTS_SQL} FROM batches {where} ORDER BY rowid", params)
         return [self._batch(row) for row in rows]
 
     @staticmethod
@@ -207,12 +280,12 @@ class Store:
             "recipient_count": row["recipient_count"],
             "tags": json.loads(row["tags_json"]),
             "idempotency_key": row["idempotency_key"],
-            "counts": {"delivered": 0, "bounced": 0, "deferred": 0, "complained": 0},
+            "counts": {t: row[f"count_{t}"] for t in ("delivered", "bounced", "deferred", "complained")},
         }
 
     def record(self) -> dict[str, Any]:
         """Everything stored, including message content, for assertions in tests."""
-        rows = self._query("SELECT * FROM batches ORDER BY rowid")
+        rows = self._query(f"SELECT *, {self.COUNTS_SQL} FROM batches ORDER BY rowid")
         recipients = self._query("SELECT * FROM batch_recipients ORDER BY batch_id, position")
         by_batch: dict[str, list[dict[str, Any]]] = {}
         for r in recipients:
@@ -266,11 +339,103 @@ class Store:
         rows = self._query("SELECT * FROM requests ORDER BY id")
         return [{**dict(row), "replayed": bool(row["replayed"])} for row in rows]
 
+    # --- delivery (used by delivery.DeliveryWorker) -------------------------
+
+    def due_batches(self, now: str) -> list[sqlite3.Row]:
+        """Scheduled batches whose send_at (YYYY-MM-DDTHH:MM:SSZ, sorts as text) <= now."""
+        return self._query(
+            "SELECT batch_id, tags_json FROM batches WHERE status = 'scheduled' AND send_at <= ?"
+            " ORDER BY send_at, rowid",
+            (now,),
+        )
+
+    def recipient_emails(self, batch_id: str) -> list[str]:
+        rows = self._query(
+            "SELECT email FROM batch_recipients WHERE batch_id = ? ORDER BY position", (batch_id,)
+        )
+        return [r["email"] for r in rows]
+
+    def emit_events(self, batch_id: str, events: list[dict[str, Any]], status: str) -> None:
+        with self._lock, self._conn:
+            self._conn.executemany(
+                "INSERT INTO events (event_id, batch_id, recipient, type, reason, timestamp,"
+                " tags_json, emitted_at, skipped) VALUES (:event_id, :batch_id, :recipient,"
+                " :type, :reason, :timestamp, :tags_json, :emitted_at, :skipped)",
+                events,
+            )
+            self._conn.execute(
+                "UPDATE batches SET status = ? WHERE batch_id = ? AND status = 'scheduled'",
+                (status, batch_id),
+            )
+
+    def pending_events(self, limit: int, shuffle: bool = False) -> list[sqlite3.Row]:
+        order = "RANDOM()" if shuffle else "rowid"
+        return self._query(
+            f"SELECT * FROM events WHERE delivered = 0 AND skipped = 0 ORDER BY {order} LIMIT ?",
+            (limit,),
+        )
+
+    def duplicate_events(self, limit: int) -> list[sqlite3.Row]:
+        return self._query("SELECT * FROM events WHERE dup_pending = 1 ORDER BY rowid LIMIT ?", (limit,))
+
+    def accept_events(self, accepted: list[tuple[str, int]], duplicates: list[str]) -> None:
+        """Mark events accepted (flagging some to be re-sent once) and finish their batches."""
+        with self._lock, self._conn:
+            self._conn.executemany(
+                "UPDATE events SET delivered = 1, dup_pending = ? WHERE event_id = ?",
+                [(dup, event_id) for event_id, dup in accepted],
+            )
+            self._conn.executemany(
+                "UPDATE events SET dup_pending = 0 WHERE event_id = ?",
+                [(event_id,) for event_id in duplicates],
+            )
+            self._conn.execute(
+                "UPDATE batches SET status = 'delivered' WHERE status = 'sending' AND NOT EXISTS"
+                " (SELECT 1 FROM events e WHERE e.batch_id = batches.batch_id AND e.delivered = 0)"
+            )
+
+    def expire_events(self, emitted_before: float) -> int:
+        with self._lock, self._conn:
+            return self._conn.execute(
+                "UPDATE events SET skipped = 1, dup_pending = 0 WHERE skipped = 0"
+                " AND (delivered = 0 OR dup_pending = 1) AND emitted_at < ?",
+                (emitted_before,),
+            ).rowcount
+
+    def record_attempt(self, event_count: int, status: int | None, err: str | None) -> None:
+        with self._lock, self._conn:
+            self._conn.execute(
+                "INSERT INTO webhook_attempts (at, event_count, status_code, error) VALUES (?, ?, ?, ?)",
+                (utc_now(), event_count, status, err),
+            )
+
+    def events(self) -> dict[str, Any]:
+        events = self._query("SELECT * FROM events ORDER BY rowid")
+        attempts = self._query("SELECT * FROM webhook_attempts ORDER BY id")
+        return {
+            "events": [
+                {
+                    "event_id": r["event_id"],
+                    "batch_id": r["batch_id"],
+                    "recipient": r["recipient"],
+                    "type": r["type"],
+                    "reason": r["reason"],
+                    "timestamp": r["timestamp"],
+                    "tags": json.loads(r["tags_json"]),
+                    "delivered": r["delivered"],
+                    "skipped": r["skipped"],
+                }
+                for r in events
+            ],
+            "webhook_attempts": [dict(r) for r in attempts],
+        }
+
     def clear(self) -> None:
         with self._lock, self._conn:
-            for table in ("batches", "batch_recipients", "idempotency", "requests"):
+            tables = ("batches", "batch_recipients", "idempotency", "requests", "events", "webhook_attempts")
+            for table in tables:
                 self._conn.execute(f"DELETE FROM {table}")
-            self._conn.execute("DELETE FROM sqlite_sequence WHERE name = 'requests'")
+            self._conn.execute("DELETE FROM sqlite_sequence WHERE name IN ('requests', 'webhook_attempts')")
 
 
 @dataclass
@@ -456,7 +621,27 @@ class SandboxServer(ThreadingHTTPServer):
         self.state_lock = threading.Lock()
         self._api_calls = 0
         self._api_idle = threading.Condition()
+        # Held by each delivery tick (a webhook POST included) and by reset.
+        self.delivery_lock = threading.Lock()
+        self.delivery = DeliveryWorker(self)
         super().__init__(address, SandboxHandler)
+
+    def now(self) -> float:
+        """The sandbox clock, unix seconds: real time plus clock_offset_seconds."""
+        return time.time() + self.settings.clock_offset_seconds
+
+    def advance(self, seconds: float) -> float:
+        with self.state_lock:
+            self.settings.clock_offset_seconds += seconds
+            return self.settings.clock_offset_seconds
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        self.delivery.start()
+        super().serve_forever(poll_interval)
+
+    def shutdown(self) -> None:
+        self.delivery.stop()
+        super().shutdown()
 
     @contextmanager
     def api_call(self) -> Iterator[None]:
@@ -474,11 +659,12 @@ class SandboxServer(ThreadingHTTPServer):
         # Let requests still in flight land first, so none writes into the fresh state.
         with self._api_idle:
             self._api_idle.wait_for(lambda: self._api_calls == 0, timeout=RESET_DRAIN_SECONDS)
-        with self.state_lock:
+        with self.delivery_lock, self.state_lock:
             self.store.clear()
             self.settings = Settings(**asdict(self.initial_settings))
             self.faults.replace([])
             self.limiter.reset()
+            self.delivery.reset_backoff()
 
     def server_close(self) -> None:
         super().server_close()
@@ -725,7 +911,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
         return self._get_faults(req)
 
     def _get_settings(self, req: Request) -> Response:
-        return Response(200, asdict(self.server.settings))
+        return Response(200, self.server.settings.public())
 
     def _patch_settings(self, req: Request) -> Response:
         try:
@@ -740,6 +926,24 @@ class SandboxHandler(BaseHTTPRequestHandler):
 
     def _requests(self, req: Request) -> Response:
         return Response(200, self.server.store.requests())
+
+    def _events(self, req: Request) -> Response:
+        return Response(200, self.server.store.events())
+
+    def _advance(self, req: Request) -> Response:
+        try:
+            seconds = json_object(req.body).get("seconds")
+            if (
+                not isinstance(seconds, (int, float))
+                or isinstance(seconds, bool)
+                or not math.isfinite(seconds)
+            ):
+                raise ValueError("seconds must be a number")
+        except (ValueError, TypeError) as exc:
+            return error(400, "invalid_request", str(exc))
+        offset = self.server.advance(seconds)
+        now = self.server.now()
+        return Response(200, {"clock_offset_seconds": offset, "now": now, "now_utc": send_at_string(now)})
 
 
 Route = tuple[re.Pattern[str], str, Callable[[SandboxHandler, Request], Response]]
@@ -767,4 +971,6 @@ ADMIN_ROUTES = _routes(
     ("/_sandbox/settings", "PATCH", H._patch_settings),
     ("/_sandbox/record", "GET", H._record),
     ("/_sandbox/requests", "GET", H._requests),
+    ("/_sandbox/events", "GET", H._events),
+    ("/_sandbox/advance", "POST", H._advance),
 )
