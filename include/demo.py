@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +23,41 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO_ROOT / ".demo"
 DEMO_API_KEY = "demo-key"
+DEMO_WEBHOOK_SECRET = "whsec_demo"
+
+
+def _start_webhook_receiver() -> str:
+    """Serve the webhook plugin's app (what the Airflow API server mounts) on loopback, in a thread."""
+    import importlib.util
+    import socket
+    import threading
+
+    import uvicorn
+
+    spec = importlib.util.spec_from_file_location(
+        "migosmtp_webhooks", REPO_ROOT / "plugins" / "migosmtp_webhooks.py"
+    )
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(plugin.app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}/webhooks/events"
+
+
+def _wait_for_webhooks(sandbox, expected: int, timeout: float = 180) -> list[dict]:
+    """Until the receiver has accepted an event for every recipient (or the deadline)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        events = sandbox.events()
+        if len(events) >= expected and all(e["delivered"] for e in events) or time.monotonic() > deadline:
+            return events
+        time.sleep(0.5)
 
 
 def _airflow_env() -> None:
@@ -63,7 +99,7 @@ def main() -> int:
     from include import batch_ledger
     from include.migosmtp_sandbox import SandboxProcess
     from include.sample_audience import create_recipients_table
-    from include.warehouse import get_warehouse_hook
+    from include.warehouse import fetch_dicts, get_warehouse_hook
 
     warehouse_path = DEMO_DIR / "warehouse.db"
     warehouse_path.unlink(missing_ok=True)
@@ -80,7 +116,20 @@ def main() -> int:
         "daily_cap": args.daily_cap,
         "start_at": args.start_at,
     }
-    with SandboxProcess(DEMO_DIR / "sandbox.db", api_key=DEMO_API_KEY) as sandbox:
+    receiver_url = _start_webhook_receiver()
+    os.environ["AIRFLOW_CONN_MIGOSMTP_WEBHOOK"] = json.dumps(
+        {"conn_type": "generic", "password": DEMO_WEBHOOK_SECRET}
+    )
+    with SandboxProcess(
+        DEMO_DIR / "sandbox.db",
+        api_key=DEMO_API_KEY,
+        webhook_url=receiver_url,
+        webhook_secret=DEMO_WEBHOOK_SECRET,
+        bounce_rate=0.03,
+        defer_rate=0.01,
+        complaint_rate=0.002,
+        webhook_retry_base_seconds=0.5,
+    ) as sandbox:
         sandbox.reset()
         os.environ["AIRFLOW_CONN_MIGOSMTP_DEFAULT"] = json.dumps(
             {
@@ -98,6 +147,11 @@ def main() -> int:
         print(f"Running bulk_email_campaign {json.dumps(conf)} against the sandbox at {sandbox.url} ...")
         run = bag.get_dag("bulk_email_campaign").test(run_conf=conf)
         record = sandbox.record()
+        # Fast-forward the sandbox past the last send_at: it delivers and posts the signed webhooks.
+        print(f"Fast-forwarding the sandbox a week; webhooks go to {receiver_url} ...")
+        sandbox.advance(7 * 24 * 3600)
+        events = _wait_for_webhooks(sandbox, expected=sum(b["recipient_count"] for b in record["batches"]))
+        bag.get_dag("migosmtp_delivery_reconcile").test()
 
     ledger = batch_ledger.rows(hook, campaign_id)
     rejected = hook.get_records(
@@ -106,11 +160,24 @@ def main() -> int:
         parameters=(campaign_id,),
     )
     print(f"\nLedger email_batch_ledger for {campaign_id} (run {run.state}):")
-    print(f"{'batch':>5}  {'send_at':20}  {'count':>5}  {'status':9}  {'attempts':>8}  batch_id")
+    deliveries = {
+        r["batch_number"]: r
+        for r in fetch_dicts(
+            hook,
+            f"SELECT * FROM email_batch_deliveries WHERE campaign_id = {hook.placeholder}",
+            (campaign_id,),
+        )
+    }
+    print(
+        f"{'batch':>5}  {'send_at':20}  {'count':>5}  {'status':9}  {'attempts':>8}  "
+        f"{'delivered':>9} {'bounced':>7} {'deferred':>8} {'complained':>10}  batch_id"
+    )
     for row in ledger:
+        d = deliveries.get(row["batch_number"], {})
         print(
             f"{row['batch_number']:>5}  {row['send_at']:20}  {row['recipient_count']:>5}  {row['status']:9}  "
-            f"{row['attempts']:>8}  {row['batch_id'] or '-'}"
+            f"{row['attempts']:>8}  {d.get('delivered', 0):>9} {d.get('bounced', 0):>7} "
+            f"{d.get('deferred', 0):>8} {d.get('complained', 0):>10}  {row['batch_id'] or '-'}"
         )
     per_day = Counter()
     for row in ledger:
@@ -124,6 +191,15 @@ def main() -> int:
     print(
         f"Sandbox received {len(record['batches'])} batches, {received} recipients, "
         f"{record['requests_total']} API requests; ledger matches sandbox: {matches}"
+    )
+    totals = Counter()
+    for d in deliveries.values():
+        for kind in ("delivered", "bounced", "deferred", "complained"):
+            totals[kind] += d[kind]
+    print(
+        f"Webhook events: {len(events)} emitted by the sandbox, "
+        f"{hook.get_first('SELECT COUNT(*) FROM email_events')[0]} stored by the receiver; "
+        f"per status after reconcile: {dict(totals)}"
     )
     print(f"Warehouse: {warehouse_path}  Sandbox record: {DEMO_DIR / 'sandbox.db'}")
     return 0 if run.state == "success" and matches else 1
