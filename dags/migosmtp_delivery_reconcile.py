@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import DAG, task
+from airflow.sdk import DAG, Param, get_current_context, task
 
 from include.ledger_asset import LEDGER_ASSET
 
@@ -22,6 +22,14 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
+    params={
+        "source": Param(
+            "webhooks",
+            enum=["webhooks", "polling"],
+            description="webhooks: from stored events; polling: ask the API for each open batch "
+            "(when the provider cannot reach the API server).",
+        )
+    },
     tags=["email", "migosmtp"],
 ):
 
@@ -29,6 +37,6 @@ with DAG(
     def reconcile_deliveries() -> dict:
         from include.delivery_reconcile import reconcile_open_campaigns
 
-        return reconcile_open_campaigns()
+        return reconcile_open_campaigns(get_current_context()["params"]["source"])
 
     reconcile_deliveries()

@@ -17,7 +17,8 @@ from include.warehouse import DELIVERIES_TABLE, EVENTS_TABLE, fetch_dicts, utc_n
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
 
-FINAL_TYPES = ("delivered", "bounced", "complained")  # "deferred" may still turn into any of these
+FINAL_TYPES = ("delivered", "bounced", "complained")
+SOURCES = ("webhooks", "polling")  # "deferred" may still turn into any of these
 
 # The latest event per recipient wins; at the same second, the more final outcome.
 _LATEST_PER_RECIPIENT = f"""
@@ -34,11 +35,35 @@ _LATEST_PER_RECIPIENT = f"""
 """
 
 
-def reconcile(hook: DbApiHook, campaign_id: str) -> dict[str, int]:
-    """Recompute the campaign's delivery counts; returns how many batches are now delivered or partly so."""
+def _counts_from_events(hook: DbApiHook, campaign_id: str) -> dict[str, dict[str, int]]:
     counts: dict[str, dict[str, int]] = {}
     for row in fetch_dicts(hook, _LATEST_PER_RECIPIENT.format(p=hook.placeholder), (campaign_id,)):
         counts.setdefault(row["batch_id"], {})[row["type"]] = int(row["recipients"])
+    return counts
+
+
+def _counts_from_polling(hook: DbApiHook, campaign_id: str) -> dict[str, dict[str, int]]:
+    """The provider's own per-batch counts, for when its webhooks cannot reach the API server."""
+    from include.migosmtp_client import MigoSmtpClient
+
+    client = MigoSmtpClient()
+    return {
+        r["batch_id"]: {t: int(n) for t, n in client.get_batch(r["batch_id"])["counts"].items()}
+        for r in batch_ledger.rows(hook, campaign_id)
+        if r["status"] == batch_ledger.SCHEDULED
+    }
+
+
+def reconcile(hook: DbApiHook, campaign_id: str, source: str = "webhooks") -> dict[str, int]:
+    """Recompute the campaign's delivery counts from ``webhooks`` (stored events) or by ``polling``
+    the provider; returns how many batches are now delivered or partly so."""
+    if source not in SOURCES:
+        raise ValueError(f"delivery source {source!r} is not one of {', '.join(SOURCES)}")
+    counts = (
+        _counts_from_events(hook, campaign_id)
+        if source == "webhooks"
+        else _counts_from_polling(hook, campaign_id)
+    )
     delivered = partial = 0
     now = utc_now_text()
     rows: list[tuple[Any, ...]] = []
@@ -80,7 +105,7 @@ def reconcile(hook: DbApiHook, campaign_id: str) -> dict[str, int]:
     return {"delivered_batches": delivered, "partly_delivered_batches": partial}
 
 
-def reconcile_open_campaigns() -> dict[str, dict[str, int]]:
+def reconcile_open_campaigns(source: str = "webhooks") -> dict[str, dict[str, int]]:
     """Reconcile every campaign that still has batches out for delivery (``scheduled``)."""
     from include.warehouse import LEDGER_TABLE, ensure_schema, get_warehouse_hook
 
@@ -91,4 +116,4 @@ def reconcile_open_campaigns() -> dict[str, dict[str, int]]:
         f"SELECT DISTINCT campaign_id FROM {LEDGER_TABLE} WHERE status = {hook.placeholder}",
         (batch_ledger.SCHEDULED,),
     )
-    return {c["campaign_id"]: reconcile(hook, c["campaign_id"]) for c in campaigns}
+    return {c["campaign_id"]: reconcile(hook, c["campaign_id"], source) for c in campaigns}

@@ -231,6 +231,19 @@ class MigoSmtpClient:
         replayed = response.headers.get("Idempotent-Replayed", "").lower() == "true"
         return SendReceipt(batch_id, str(body.get("status", "scheduled")), replayed)
 
+    def get_batch(self, batch_id: str) -> dict[str, Any]:
+        """A batch's live status and per-outcome ``counts``."""
+        response = self._request("GET", f"{BATCHES_ENDPOINT}/{batch_id}")
+        if not response.ok:
+            raise _error_for(response, self._conn_id)
+        batch = _json_body(response)
+        if not isinstance(batch.get("counts"), dict):
+            raise MalformedResponse(
+                f"MigoSMTP batch {batch_id} answered {response.status_code} without counts",
+                response.status_code,
+            )
+        return batch
+
     def find_batch(self, key: str) -> dict[str, Any] | None:
         """The batch accepted under an idempotency key, or None if the provider has none."""
         response = self._request("GET", BATCHES_ENDPOINT, data={"idempotency_key": key})

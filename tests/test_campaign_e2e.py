@@ -6,6 +6,7 @@ Every assertion about what was sent reads the sandbox's own record, not the DAG'
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 
 import pytest
@@ -297,3 +298,34 @@ class TestDeliveriesReachTheLedger:
         assert by_batch == {first["batch_id"]: "delivered", second["batch_id"]: "scheduled"}
         counts = warehouse.get_records("SELECT delivered, bounced FROM email_batch_deliveries")
         assert [tuple(c) for c in counts] == [(9, 1)]
+
+    def test_polling_the_provider_gives_the_same_ledger_without_webhooks(
+        self, run_campaign, warehouse, sandbox
+    ):
+        from airflow.dag_processing.dagbag import DagBag
+
+        from tests.conftest import REPO_ROOT
+
+        create_recipients_table(warehouse, "recipients", 20)
+        sandbox.update_settings(bounce_rate=0.2)
+        run_campaign(max_batch_size=10, hourly_cap=1000, daily_cap=1000)
+        sandbox.advance(3600)  # no webhook_url: the sandbox delivers, and only polling can tell
+        deadline = time.monotonic() + 30
+        while (
+            any(b["status"] != "delivered" for b in sandbox.record()["batches"])
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.2)
+
+        DagBag(dag_folder=str(REPO_ROOT / "dags")).dags["migosmtp_delivery_reconcile"].test(
+            run_conf={"source": "polling"}
+        )
+
+        expected = {
+            b["batch_id"]: (b["counts"]["delivered"], b["counts"]["bounced"])
+            for b in sandbox.record()["batches"]
+        }
+        rows = warehouse.get_records("SELECT batch_id, delivered, bounced FROM email_batch_deliveries")
+        got = {batch_id: (delivered, bounced) for batch_id, delivered, bounced in rows}
+        assert got == expected and sum(b for _, b in got.values()) > 0
+        assert {r["status"] for r in batch_ledger.rows(warehouse, "c1")} == {"delivered"}
