@@ -131,15 +131,7 @@ def main() -> int:
         webhook_retry_base_seconds=0.5,
     ) as sandbox:
         sandbox.reset()
-        os.environ["AIRFLOW_CONN_MIGOSMTP_DEFAULT"] = json.dumps(
-            {
-                "conn_type": "http",
-                "schema": "http",
-                "host": sandbox.host,
-                "port": sandbox.port,
-                "password": DEMO_API_KEY,
-            }
-        )
+        os.environ["AIRFLOW_CONN_MIGOSMTP_DEFAULT"] = json.dumps(sandbox.airflow_connection())
         bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
         if bag.import_errors:
             print(bag.import_errors, file=sys.stderr)

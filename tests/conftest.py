@@ -52,31 +52,14 @@ def sandbox(tmp_path_factory):
     from include.migosmtp_sandbox import SandboxProcess
 
     with SandboxProcess(tmp_path_factory.mktemp("sandbox") / "sandbox.db", api_key=API_KEY) as process:
-        os.environ["AIRFLOW_CONN_MIGOSMTP_DEFAULT"] = json.dumps(
-            {
-                "conn_type": "http",
-                "host": process.host,
-                "port": process.port,
-                "schema": "http",
-                "password": API_KEY,
-            }
-        )
+        os.environ["AIRFLOW_CONN_MIGOSMTP_DEFAULT"] = json.dumps(process.airflow_connection())
         yield process
 
 
 def point_migosmtp_at(monkeypatch, sandbox, password: str = API_KEY, **extra) -> None:
     """Re-point ``migosmtp_default`` at the sandbox for one test, with another key or extras."""
     monkeypatch.setenv(
-        "AIRFLOW_CONN_MIGOSMTP_DEFAULT",
-        json.dumps(
-            {
-                "conn_type": "http",
-                "host": sandbox.host,
-                "port": sandbox.port,
-                "password": password,
-                "extra": extra,
-            }
-        ),
+        "AIRFLOW_CONN_MIGOSMTP_DEFAULT", json.dumps(sandbox.airflow_connection(password, **extra))
     )
 
 

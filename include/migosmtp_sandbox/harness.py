@@ -53,6 +53,17 @@ class SandboxProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
+    def airflow_connection(self, api_key: str | None = None, **extra: Any) -> dict[str, Any]:
+        """The ``migosmtp_default`` connection (JSON form) that points Airflow at this sandbox."""
+        return {
+            "conn_type": "http",
+            "schema": "http",
+            "host": self.host,
+            "port": self.port,
+            "password": self.api_key if api_key is None else api_key,
+            **({"extra": extra} if extra else {}),
+        }
+
     @property
     def url(self) -> str:
         if self.host is None or self.port is None:

@@ -76,13 +76,7 @@ def test_a_campaign_on_two_celery_workers_is_sent_once_within_pool_and_rate_limi
             celery_workers=WORKERS,
             worker_concurrency=WORKER_CONCURRENCY,
             connections={
-                "migosmtp_default": {
-                    "conn_type": "http",
-                    "host": sandbox.host,
-                    "port": sandbox.port,
-                    "schema": "http",
-                    "password": API_KEY,
-                },
+                "migosmtp_default": sandbox.airflow_connection(),
                 "warehouse_default": postgres_warehouse.connection,
             },
             variables=VARIABLES,

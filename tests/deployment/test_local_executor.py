@@ -42,13 +42,7 @@ def test_a_campaign_triggered_over_rest_is_sent_once_within_the_pool(tmp_path, p
             parallelism=PARALLELISM,
             pool_slots=POOL_SLOTS,
             connections={
-                "migosmtp_default": {
-                    "conn_type": "http",
-                    "host": sandbox.host,
-                    "port": sandbox.port,
-                    "schema": "http",
-                    "password": API_KEY,
-                },
+                "migosmtp_default": sandbox.airflow_connection(),
                 "warehouse_default": postgres_warehouse.connection,
             },
             variables=VARIABLES,

@@ -154,13 +154,7 @@ def test_webhooks_reach_the_api_server_once_each_and_reconcile_the_ledger(tmp_pa
         webhook_shuffle=True,
         **RATES,
     ) as sandbox:
-        stack.connections["migosmtp_default"] = {
-            "conn_type": "http",
-            "host": sandbox.host,
-            "port": sandbox.port,
-            "schema": "http",
-            "password": API_KEY,
-        }
+        stack.connections["migosmtp_default"] = sandbox.airflow_connection()
         with stack:
             timings["stack start"] = time.monotonic() - clock
 
