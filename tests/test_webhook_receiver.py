@@ -86,3 +86,10 @@ class TestReceiver:
 
         assert response.status_code == 413
         assert stored(warehouse) == []
+
+    def test_events_for_batches_we_do_not_know_are_acknowledged_and_kept(self, client, warehouse):
+        # 200, so the provider stops retrying; the reconcile ignores batches that are not in a ledger.
+        response = post(client, [{**EVENT, "event_id": "ev_x", "batch_id": "bat_not_ours"}])
+
+        assert response.status_code == 200
+        assert stored(warehouse) == [("ev_x", "delivered")]
