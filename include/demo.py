@@ -55,7 +55,7 @@ def _wait_for_webhooks(sandbox, expected: int, timeout: float = 180) -> list[dic
     deadline = time.monotonic() + timeout
     while True:
         events = sandbox.events()
-        if len(events) >= expected and all(e["delivered"] for e in events) or time.monotonic() > deadline:
+        if (len(events) >= expected and all(e["delivered"] for e in events)) or time.monotonic() > deadline:
             return events
         time.sleep(0.5)
 
