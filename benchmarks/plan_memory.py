@@ -57,8 +57,8 @@ def _one(size: int, max_batch_size: int, kind: str) -> dict:
     connection = _warehouse_connection(kind, workdir)
     os.environ["AIRFLOW_CONN_WAREHOUSE_DEFAULT"] = json.dumps(connection)
     sys.path.insert(0, str(REPO_ROOT))
-    from include.campaign_tasks import plan_campaign
-    from include.sample_audience import create_recipients_table
+    from demo.audience import create_recipients_table
+    from include.campaign.tasks import plan_campaign
     from include.warehouse import get_warehouse_hook
 
     create_recipients_table(get_warehouse_hook(), "recipients", size, bad_every=100)

@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, TriggerRule, get_current_context, task
 
-from include.campaign_alerts import CampaignHaltNotifier
-from include.campaign_settings import campaign_params
-from include.ledger_asset import LEDGER_ASSET
-from include.migosmtp_retry_policy import MigoSmtpRetryPolicy
+from include.campaign.alerts import CampaignHaltNotifier
+from include.campaign.ledger import LEDGER_ASSET
+from include.campaign.settings import campaign_params
+from include.migosmtp.retry_policy import MigoSmtpRetryPolicy
 
 with DAG(
     dag_id="bulk_email_campaign",
@@ -29,7 +29,7 @@ with DAG(
 
     @task
     def plan() -> list[dict]:
-        from include.campaign_tasks import plan_campaign
+        from include.campaign.tasks import plan_campaign
 
         return plan_campaign(get_current_context()["params"])
 
@@ -44,7 +44,7 @@ with DAG(
         map_index_template="{{ batch_label }}",
     )
     def send_batch(batch: dict) -> dict:
-        from include.campaign_tasks import batch_label, send_batch
+        from include.campaign.tasks import batch_label, send_batch
 
         context = get_current_context()
         context["batch_label"] = batch_label(batch)
@@ -52,7 +52,7 @@ with DAG(
 
     @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[LEDGER_ASSET])
     def close_ledger(planned: list[dict] | None) -> dict:
-        from include.campaign_tasks import close_ledger
+        from include.campaign.tasks import close_ledger
 
         context = get_current_context()
         return close_ledger(context["params"], planned, context["run_id"])

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, Param, get_current_context, task
 
-from include.ledger_asset import LEDGER_ASSET
+from include.campaign.ledger import LEDGER_ASSET
 
 with DAG(
     dag_id="migosmtp_delivery_reconcile",
@@ -35,7 +35,7 @@ with DAG(
 
     @task(outlets=[LEDGER_ASSET])
     def reconcile_deliveries() -> dict:
-        from include.delivery_reconcile import reconcile_open_campaigns
+        from include.campaign.deliveries import reconcile_open_campaigns
 
         return reconcile_open_campaigns(get_current_context()["params"]["source"])
 

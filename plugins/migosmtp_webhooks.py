@@ -25,8 +25,8 @@ app = FastAPI(title="MigoSMTP webhooks", docs_url=None, redoc_url=None)
 def _store_events(body: bytes, timestamp: str | None, signature: str | None) -> int:
     from airflow.sdk import BaseHook
 
+    from include.migosmtp.webhooks import parse, store, verify
     from include.warehouse import get_warehouse_hook
-    from include.webhook_events import parse, store, verify
 
     secret = BaseHook.get_connection(WEBHOOK_CONN_ID).password
     if not secret:
@@ -39,7 +39,7 @@ def _store_events(body: bytes, timestamp: str | None, signature: str | None) -> 
 
 @app.post("/webhooks/events")
 async def receive_events(request: Request) -> JSONResponse:
-    from include.webhook_events import MAX_BODY_BYTES, WebhookRejected
+    from include.migosmtp.webhooks import MAX_BODY_BYTES, WebhookRejected
 
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:

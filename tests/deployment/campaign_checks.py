@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from include.sample_audience import sample_rows
+from demo.audience import sample_rows
 from include.warehouse import utc_text
 from tests.deployment.airflow_stack import DAG_ID, POOL, AirflowStack
 

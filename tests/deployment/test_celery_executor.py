@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from include import batch_ledger
-from include.migosmtp_client import SEND_ENDPOINT as SEND_PATH
-from include.migosmtp_sandbox import SandboxProcess
-from include.sample_audience import create_recipients_table
+from demo.audience import create_recipients_table
+from include.campaign.ledger import rows as ledger_rows
+from include.migosmtp.client import SEND_ENDPOINT as SEND_PATH
+from include.migosmtp.sandbox import SandboxProcess
 from tests.deployment.airflow_stack import DAG_ID, AirflowStack
 from tests.deployment.campaign_checks import (
     API_KEY,
@@ -47,7 +47,7 @@ def window_ends_of_refusals(sends: list[dict], first_window_start: datetime) -> 
     """When the sandbox's rate window that refused each 429'd request closed.
 
     The sandbox counts fixed 60 s windows: the first from its reset, each later one from the
-    first send after the previous window ended (include/migosmtp_sandbox/server.py RateLimiter).
+    first send after the previous window ended (include/migosmtp/sandbox/server.py RateLimiter).
     """
     window_start, ends = first_window_start, {}
     for r in sends:
@@ -94,7 +94,7 @@ def test_a_campaign_on_two_celery_workers_is_sent_once_within_pool_and_rate_limi
 
     assert_mapped_batches_succeeded(report)
     assert_each_recipient_sent_once(record, expected_send_at(start_at))
-    ledger = batch_ledger.rows(postgres_warehouse.hook, "deploy-celery", with_recipient_ids=True)
+    ledger = ledger_rows(postgres_warehouse.hook, "deploy-celery", with_recipient_ids=True)
     assert_ledger_matches_sandbox(ledger, record, requests, "deploy-celery")
 
     # Both workers took batches, and the pool held across them.

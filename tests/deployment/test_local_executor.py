@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from include import batch_ledger
-from include.migosmtp_sandbox import SandboxProcess
-from include.sample_audience import create_recipients_table
+from demo.audience import create_recipients_table
+from include.campaign.ledger import rows as ledger_rows
+from include.migosmtp.sandbox import SandboxProcess
 from tests.deployment.airflow_stack import DAG_ID, AirflowStack
 from tests.deployment.campaign_checks import (
     API_KEY,
@@ -56,7 +56,7 @@ def test_a_campaign_triggered_over_rest_is_sent_once_within_the_pool(tmp_path, p
 
     assert_mapped_batches_succeeded(report)
     assert_each_recipient_sent_once(record, expected_send_at(start_at))
-    ledger = batch_ledger.rows(postgres_warehouse.hook, "deploy-local", with_recipient_ids=True)
+    ledger = ledger_rows(postgres_warehouse.hook, "deploy-local", with_recipient_ids=True)
     assert_ledger_matches_sandbox(ledger, record, requests, "deploy-local")
     # Nothing went wrong, so every batch is one request and one try.
     assert set(sends_per_key(requests).values()) == {1}

@@ -19,12 +19,13 @@ from typing import Any
 import pytest
 import requests
 
-from include import batch_ledger
-from include.delivery_reconcile import FINAL_TYPES
-from include.migosmtp_sandbox import SandboxProcess
-from include.sample_audience import create_recipients_table
+from demo.audience import create_recipients_table
+from include.campaign.deliveries import FINAL_TYPES
+from include.campaign.ledger import DELIVERED, SCHEDULED
+from include.campaign.ledger import rows as ledger_rows
+from include.migosmtp.sandbox import SandboxProcess
+from include.migosmtp.webhooks import sign
 from include.warehouse import DELIVERIES_TABLE, EVENTS_TABLE, fetch_dicts, utc_text
-from include.webhook_events import sign
 from tests.deployment.airflow_stack import DAG_ID, AirflowStack, ApiError
 
 pytestmark = pytest.mark.deployment
@@ -265,14 +266,14 @@ def test_webhooks_reach_the_api_server_once_each_and_reconcile_the_ledger(tmp_pa
     assert reconciled == sandbox_counts
 
     # Exactly the batches with every recipient final are delivered; those with a deferral stay scheduled.
-    ledger = batch_ledger.rows(hook, CAMPAIGN_ID)
+    ledger = ledger_rows(hook, CAMPAIGN_ID)
     assert len(ledger) == BATCHES
     by_number = {d["batch_number"]: d["batch_id"] for d in deliveries}
     assert {row["batch_number"]: row["batch_id"] for row in ledger} == by_number
     expected = {
-        row["batch_id"]: batch_ledger.DELIVERED
+        row["batch_id"]: DELIVERED
         if sum(sandbox_counts[row["batch_id"]][t] for t in FINAL_TYPES) == row["recipient_count"]
-        else batch_ledger.SCHEDULED
+        else SCHEDULED
         for row in ledger
     }
     assert {row["batch_id"]: row["status"] for row in ledger} == expected
@@ -280,4 +281,4 @@ def test_webhooks_reach_the_api_server_once_each_and_reconcile_the_ledger(tmp_pa
     print(f"ledger after reconcile: {dict(split)} (batches with a deferred recipient stay scheduled)")
     for row in ledger:
         has_deferred = sandbox_counts[row["batch_id"]]["deferred"] > 0
-        assert (row["status"] == batch_ledger.SCHEDULED) == has_deferred, row
+        assert (row["status"] == SCHEDULED) == has_deferred, row

@@ -1,0 +1,201 @@
+"""Run one real campaign on the embedded default and print its ledger.
+
+    python -m demo [--recipients 5000] [--bad-every 100] [--start-at 2026-12-01T00:00:00Z]
+
+Seeds a SQLite warehouse under ``.demo/``, starts the MigoSMTP sandbox on
+loopback, points ``warehouse_default`` and ``migosmtp_default`` at them, runs
+the ``bulk_email_campaign`` DAG with ``dag.test()`` in a project-local
+AIRFLOW_HOME, then checks the ledger against what the sandbox received.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_DIR = REPO_ROOT / ".demo"
+DEMO_API_KEY = "demo-key"
+DEMO_WEBHOOK_SECRET = "whsec_demo"
+
+
+def _start_webhook_receiver() -> str:
+    """Serve the webhook plugin's app (what the Airflow API server mounts) on loopback, in a thread."""
+    import importlib.util
+    import socket
+    import threading
+
+    import uvicorn
+
+    spec = importlib.util.spec_from_file_location(
+        "migosmtp_webhooks", REPO_ROOT / "plugins" / "migosmtp_webhooks.py"
+    )
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(plugin.app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}/webhooks/events"
+
+
+def _wait_for_webhooks(sandbox, expected: int, timeout: float = 180) -> list[dict]:
+    """Until the receiver has accepted an event for every recipient (or the deadline)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        events = sandbox.events()
+        if (len(events) >= expected and all(e["delivered"] for e in events)) or time.monotonic() > deadline:
+            return events
+        time.sleep(0.5)
+
+
+def _airflow_env() -> None:
+    os.environ.setdefault("AIRFLOW_HOME", str(REPO_ROOT / ".airflow"))
+    os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO_ROOT / "dags"))
+    os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(REPO_ROOT / "plugins"))
+    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+
+
+def _next_utc_midnight() -> str:
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return (today + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipients", type=int, default=5000)
+    parser.add_argument("--bad-every", type=int, default=100, help="one bad row after every N good ones")
+    parser.add_argument(
+        "--start-at",
+        default=_next_utc_midnight(),
+        help="first slot, ISO-8601 UTC (default: the next UTC midnight, so the days split as in the article)",
+    )
+    parser.add_argument("--hourly-cap", type=int, default=150)
+    parser.add_argument("--daily-cap", type=int, default=1500)
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = _parse_args()
+    _airflow_env()
+    DEMO_DIR.mkdir(exist_ok=True)
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    from demo.audience import create_recipients_table
+    from include.campaign import ledger
+    from include.migosmtp.sandbox import SandboxProcess
+    from include.warehouse import fetch_dicts, get_warehouse_hook
+
+    warehouse_path = DEMO_DIR / "warehouse.db"
+    warehouse_path.unlink(missing_ok=True)
+    os.environ["AIRFLOW_CONN_WAREHOUSE_DEFAULT"] = json.dumps(
+        {"conn_type": "sqlite", "host": str(warehouse_path)}
+    )
+    hook = get_warehouse_hook()
+    create_recipients_table(hook, "recipients", args.recipients, args.bad_every)
+
+    campaign_id = "demo-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    conf = {
+        "campaign_id": campaign_id,
+        "hourly_cap": args.hourly_cap,
+        "daily_cap": args.daily_cap,
+        "start_at": args.start_at,
+    }
+    receiver_url = _start_webhook_receiver()
+    os.environ["AIRFLOW_CONN_MIGOSMTP_WEBHOOK"] = json.dumps(
+        {"conn_type": "generic", "password": DEMO_WEBHOOK_SECRET}
+    )
+    with SandboxProcess(
+        DEMO_DIR / "sandbox.db",
+        api_key=DEMO_API_KEY,
+        webhook_url=receiver_url,
+        webhook_secret=DEMO_WEBHOOK_SECRET,
+        bounce_rate=0.03,
+        defer_rate=0.01,
+        complaint_rate=0.002,
+        webhook_retry_base_seconds=0.5,
+    ) as sandbox:
+        sandbox.reset()
+        os.environ["AIRFLOW_CONN_MIGOSMTP_DEFAULT"] = json.dumps(sandbox.airflow_connection())
+        bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
+        if bag.import_errors:
+            print(bag.import_errors, file=sys.stderr)
+            return 1
+        print(f"Running bulk_email_campaign {json.dumps(conf)} against the sandbox at {sandbox.url} ...")
+        run = bag.get_dag("bulk_email_campaign").test(run_conf=conf)
+        record = sandbox.record()
+        # Fast-forward the sandbox past the last send_at: it delivers and posts the signed webhooks.
+        print(f"Fast-forwarding the sandbox a week; webhooks go to {receiver_url} ...")
+        sandbox.advance(7 * 24 * 3600)
+        events = _wait_for_webhooks(sandbox, expected=sum(b["recipient_count"] for b in record["batches"]))
+        bag.get_dag("migosmtp_delivery_reconcile").test()
+
+    entries = ledger.rows(hook, campaign_id)
+    rejected = hook.get_records(
+        f"SELECT reason, COUNT(*) FROM email_rejected_recipients WHERE campaign_id = {hook.placeholder} "
+        "GROUP BY reason",
+        parameters=(campaign_id,),
+    )
+    print(f"\nLedger email_batch_ledger for {campaign_id} (run {run.state}):")
+    deliveries = {
+        r["batch_number"]: r
+        for r in fetch_dicts(
+            hook,
+            f"SELECT * FROM email_batch_deliveries WHERE campaign_id = {hook.placeholder}",
+            (campaign_id,),
+        )
+    }
+    print(
+        f"{'batch':>5}  {'send_at':20}  {'count':>5}  {'status':9}  {'attempts':>8}  "
+        f"{'delivered':>9} {'bounced':>7} {'deferred':>8} {'complained':>10}  batch_id"
+    )
+    for row in entries:
+        d = deliveries.get(row["batch_number"], {})
+        print(
+            f"{row['batch_number']:>5}  {row['send_at']:20}  {row['recipient_count']:>5}  {row['status']:9}  "
+            f"{row['attempts']:>8}  {d.get('delivered', 0):>9} {d.get('bounced', 0):>7} "
+            f"{d.get('deferred', 0):>8} {d.get('complained', 0):>10}  {row['batch_id'] or '-'}"
+        )
+    per_day = Counter()
+    for row in entries:
+        per_day[row["send_at"][:10]] += row["recipient_count"]
+    summary = ledger.summarize(entries)
+    print(f"\nRecipients per UTC day: {dict(sorted(per_day.items()))}")
+    print(f"Rejected rows: {dict(rejected)} (details in email_rejected_recipients)")
+    print(f"Batches by status: {summary.by_status}; recipients in batches: {summary.recipients}")
+    received = sum(b["recipient_count"] for b in record["batches"])
+    matches = {r["batch_id"] for r in entries if r["batch_id"]} == {b["batch_id"] for b in record["batches"]}
+    print(
+        f"Sandbox received {len(record['batches'])} batches, {received} recipients, "
+        f"{record['requests_total']} API requests; ledger matches sandbox: {matches}"
+    )
+    totals = Counter()
+    for d in deliveries.values():
+        for kind in ("delivered", "bounced", "deferred", "complained"):
+            totals[kind] += d[kind]
+    print(
+        f"Webhook events: {len(events)} emitted by the sandbox, "
+        f"{hook.get_first('SELECT COUNT(*) FROM email_events')[0]} stored by the receiver; "
+        f"per status after reconcile: {dict(totals)}"
+    )
+    print(f"Warehouse: {warehouse_path}  Sandbox record: {DEMO_DIR / 'sandbox.db'}")
+    return 0 if run.state == "success" and matches else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Advance the ledger from stored delivery events: per-batch counts, ``delivered`` when all are final.
+
+Why a reconcile task rather than the webhook receiver: events arrive more than
+once and out of order, so counting them one by one as they come would need
+read-modify-write under concurrency in the request. Recomputing from the whole
+event set (the latest event per recipient) is idempotent, order-free and can
+be rerun at any time; it also keeps the receiver's answer fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from include.campaign import ledger
+from include.warehouse import DELIVERIES_TABLE, EVENTS_TABLE, fetch_dicts, utc_now_text
+
+if TYPE_CHECKING:
+    from airflow.providers.common.sql.hooks.sql import DbApiHook
+
+FINAL_TYPES = ("delivered", "bounced", "complained")
+SOURCES = ("webhooks", "polling")  # "deferred" may still turn into any of these
+
+# The latest event per recipient wins; at the same second, the more final outcome.
+_LATEST_PER_RECIPIENT = f"""
+    SELECT batch_id, type, COUNT(*) AS recipients FROM (
+        SELECT batch_id, type, ROW_NUMBER() OVER (
+            PARTITION BY batch_id, recipient
+            ORDER BY occurred_at DESC, CASE type
+                WHEN 'complained' THEN 3 WHEN 'bounced' THEN 2 WHEN 'delivered' THEN 1 ELSE 0 END DESC
+        ) AS newest
+        FROM {EVENTS_TABLE} WHERE campaign_id = {{p}}
+    ) latest
+    WHERE newest = 1
+    GROUP BY batch_id, type
+"""
+
+
+def _counts_from_events(hook: DbApiHook, campaign_id: str) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    for row in fetch_dicts(hook, _LATEST_PER_RECIPIENT.format(p=hook.placeholder), (campaign_id,)):
+        counts.setdefault(row["batch_id"], {})[row["type"]] = int(row["recipients"])
+    return counts
+
+
+def _counts_from_polling(hook: DbApiHook, campaign_id: str) -> dict[str, dict[str, int]]:
+    """The provider's own per-batch counts, for when its webhooks cannot reach the API server."""
+    from include.migosmtp.client import MigoSmtpClient
+
+    client = MigoSmtpClient()
+    return {
+        r["batch_id"]: {t: int(n) for t, n in client.get_batch(r["batch_id"])["counts"].items()}
+        for r in ledger.rows(hook, campaign_id)
+        if r["status"] == ledger.SCHEDULED
+    }
+
+
+def reconcile(hook: DbApiHook, campaign_id: str, source: str = "webhooks") -> dict[str, int]:
+    """Recompute the campaign's delivery counts from ``webhooks`` (stored events) or by ``polling``
+    the provider; returns how many batches are now delivered or partly so."""
+    if source not in SOURCES:
+        raise ValueError(f"delivery source {source!r} is not one of {', '.join(SOURCES)}")
+    counts = (
+        _counts_from_events(hook, campaign_id)
+        if source == "webhooks"
+        else _counts_from_polling(hook, campaign_id)
+    )
+    delivered = partial = 0
+    now = utc_now_text()
+    rows: list[tuple[Any, ...]] = []
+    for entry in ledger.rows(hook, campaign_id):
+        per_type = counts.get(entry["batch_id"])
+        if not per_type:
+            continue
+        rows.append(
+            (
+                campaign_id,
+                entry["batch_number"],
+                entry["batch_id"],
+                *(per_type.get(t, 0) for t in ("delivered", "bounced", "deferred", "complained")),
+                now,
+            )
+        )
+        if sum(per_type.get(t, 0) for t in FINAL_TYPES) >= entry["recipient_count"]:
+            delivered += 1
+            if entry["status"] != ledger.DELIVERED:
+                ledger.record_delivered(hook, campaign_id, entry["batch_number"])
+        else:
+            partial += 1
+    hook.insert_rows(
+        DELIVERIES_TABLE,
+        rows,
+        target_fields=[
+            "campaign_id",
+            "batch_number",
+            "batch_id",
+            "delivered",
+            "bounced",
+            "deferred",
+            "complained",
+            "updated_at",
+        ],
+        replace=True,
+        replace_index=["campaign_id", "batch_number"],
+    )
+    return {"delivered_batches": delivered, "partly_delivered_batches": partial}
+
+
+def reconcile_open_campaigns(source: str = "webhooks") -> dict[str, dict[str, int]]:
+    """Reconcile every campaign that still has batches out for delivery (``scheduled``)."""
+    from include.warehouse import LEDGER_TABLE, ensure_schema, get_warehouse_hook
+
+    hook = get_warehouse_hook()
+    ensure_schema(hook)
+    campaigns = fetch_dicts(
+        hook,
+        f"SELECT DISTINCT campaign_id FROM {LEDGER_TABLE} WHERE status = {hook.placeholder}",
+        (ledger.SCHEDULED,),
+    )
+    return {c["campaign_id"]: reconcile(hook, c["campaign_id"], source) for c in campaigns}

@@ -1,0 +1,195 @@
+"""The batch ledger, ``email_batch_ledger``: one row per (campaign_id, batch_number).
+
+Rows are written as ``planned`` before anything is sent. Each batch's task
+counts an attempt *before* its request leaves (so ``attempts > 0`` means the
+provider may have the batch, and a later attempt asks it first), then records
+the outcome the moment it knows it: ``scheduled`` with the provider's batch
+id, ``failed`` with the error, or ``halted`` (not sent, because the campaign
+was halted). A run that dies anywhere leaves a ledger from which a rerun can
+reconstruct exactly what reached the provider.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import Asset
+
+from include.warehouse import LEDGER_TABLE, fetch_dicts, utc_now_text, utc_text
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from airflow.providers.common.sql.hooks.sql import DbApiHook
+
+# The ledger as an Airflow Asset: downstream reporting DAGs can be scheduled on its changes.
+LEDGER_ASSET = Asset(name="email_batch_ledger", uri="warehouse://warehouse_default/email_batch_ledger")
+
+PLANNED, SCHEDULED, FAILED, HALTED, DELIVERED = "planned", "scheduled", "failed", "halted", "delivered"
+STATUSES = (PLANNED, SCHEDULED, FAILED, HALTED, DELIVERED)
+# At the provider: nothing to resend. Every other status is resent by mode=retry_failed.
+SENT_STATUSES = (SCHEDULED, DELIVERED)
+
+_FIELDS = (
+    "campaign_id",
+    "batch_number",
+    "batch_id",
+    "idempotency_key",
+    "recipient_ids",
+    "recipient_count",
+    "status",
+    "send_at",
+    "attempts",
+    "last_error",
+    "created_at",
+    "updated_at",
+)
+
+
+@dataclass(frozen=True)
+class LedgerSummary:
+    batches: int
+    recipients: int
+    by_status: dict[str, int]
+    unsent: list[dict[str, Any]]
+
+
+def upsert_planned(
+    hook: DbApiHook,
+    campaign_id: str,
+    batch_number: int,
+    key: str,
+    recipient_ids: Sequence[str],
+    send_at: datetime,
+) -> None:
+    now = utc_now_text()
+    row = (
+        campaign_id,
+        batch_number,
+        None,
+        key,
+        json.dumps(list(recipient_ids)),
+        len(recipient_ids),
+        PLANNED,
+        utc_text(send_at),
+        0,
+        None,
+        now,
+        now,
+    )
+    hook.insert_rows(
+        LEDGER_TABLE,
+        [row],
+        target_fields=list(_FIELDS),
+        replace=True,
+        replace_index=["campaign_id", "batch_number"],
+    )
+
+
+def rows(hook: DbApiHook, campaign_id: str, with_recipient_ids: bool = False) -> list[dict[str, Any]]:
+    """The campaign's ledger rows; recipient id lists only on request, as they grow with the audience."""
+    columns = ", ".join(f for f in _FIELDS if with_recipient_ids or f != "recipient_ids")
+    return fetch_dicts(
+        hook,
+        f"SELECT {columns} FROM {LEDGER_TABLE} WHERE campaign_id = {hook.placeholder} ORDER BY batch_number",
+        (campaign_id,),
+    )
+
+
+def row(hook: DbApiHook, campaign_id: str, batch_number: int) -> dict[str, Any] | None:
+    found = fetch_dicts(
+        hook,
+        f"SELECT * FROM {LEDGER_TABLE} WHERE campaign_id = {hook.placeholder} "
+        f"AND batch_number = {hook.placeholder}",
+        (campaign_id, batch_number),
+    )
+    return found[0] if found else None
+
+
+def _update(hook: DbApiHook, campaign_id: str, batch_number: int, assignments: str, values: tuple) -> None:
+    p = hook.placeholder
+    hook.run(
+        f"UPDATE {LEDGER_TABLE} SET {assignments}, updated_at = {p} "
+        f"WHERE campaign_id = {p} AND batch_number = {p}",
+        parameters=(*values, utc_now_text(), campaign_id, batch_number),
+    )
+
+
+def record_attempt(hook: DbApiHook, campaign_id: str, batch_number: int) -> None:
+    """Count an attempt before the request leaves: from here on the provider may hold the batch."""
+    _update(hook, campaign_id, batch_number, "attempts = attempts + 1", ())
+
+
+def record_scheduled(hook: DbApiHook, campaign_id: str, batch_number: int, batch_id: str) -> None:
+    p = hook.placeholder
+    _update(
+        hook,
+        campaign_id,
+        batch_number,
+        f"status = {p}, batch_id = {p}, last_error = NULL",
+        (SCHEDULED, batch_id),
+    )
+
+
+def record_failure(hook: DbApiHook, campaign_id: str, batch_number: int, error: str) -> None:
+    """A failed attempt. The row reads ``failed`` until a later attempt succeeds."""
+    p = hook.placeholder
+    _update(hook, campaign_id, batch_number, f"status = {p}, last_error = {p}", (FAILED, error[:2000]))
+
+
+def record_halted(hook: DbApiHook, campaign_id: str, batch_number: int, reason: str) -> None:
+    p = hook.placeholder
+    _update(hook, campaign_id, batch_number, f"status = {p}, last_error = {p}", (HALTED, reason[:2000]))
+
+
+def record_delivered(hook: DbApiHook, campaign_id: str, batch_number: int) -> None:
+    p = hook.placeholder
+    _update(hook, campaign_id, batch_number, f"status = {p}", (DELIVERED,))
+
+
+def reschedule(hook: DbApiHook, campaign_id: str, batch_number: int, send_at: datetime) -> None:
+    p = hook.placeholder
+    _update(hook, campaign_id, batch_number, f"send_at = {p}", (utc_text(send_at),))
+
+
+def fail_unfinished(hook: DbApiHook, campaign_id: str, reason: str) -> None:
+    """Mark batches whose task ended without recording any outcome (killed, upstream failed)."""
+    p = hook.placeholder
+    hook.run(
+        f"UPDATE {LEDGER_TABLE} SET status = {p}, last_error = {p}, updated_at = {p} "
+        f"WHERE campaign_id = {p} AND status = {p}",
+        parameters=(FAILED, reason, utc_now_text(), campaign_id, PLANNED),
+    )
+
+
+def occupied_slots(hook: DbApiHook, since: datetime) -> dict[datetime, int]:
+    """Recipients already at the provider (any campaign), per send_at, from the start of ``since``'s UTC day.
+
+    The plan's hourly and daily caps are the account's, so these count against them
+    (the whole day's, since the daily cap counts hours before ``since`` too).
+    """
+    from datetime import datetime
+
+    p = hook.placeholder
+    found = fetch_dicts(
+        hook,
+        f"SELECT send_at, SUM(recipient_count) AS recipients FROM {LEDGER_TABLE} "
+        f"WHERE status IN ({p}, {p}) AND send_at >= {p} GROUP BY send_at",
+        (*SENT_STATUSES, utc_text(since.replace(hour=0, minute=0, second=0, microsecond=0))),
+    )
+    return {datetime.fromisoformat(r["send_at"].replace("Z", "+00:00")): int(r["recipients"]) for r in found}
+
+
+def summarize(ledger_rows: list[dict[str, Any]]) -> LedgerSummary:
+    by_status: dict[str, int] = {}
+    for r in ledger_rows:
+        by_status[r["status"]] = by_status.get(r["status"], 0) + 1
+    return LedgerSummary(
+        batches=len(ledger_rows),
+        recipients=sum(r["recipient_count"] for r in ledger_rows),
+        by_status=by_status,
+        unsent=[r for r in ledger_rows if r["status"] in (FAILED, HALTED)],
+    )

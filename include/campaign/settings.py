@@ -1,0 +1,146 @@
+"""The campaign's Params: the trigger form in the Airflow UI, and their validation.
+
+JSON-schema on each Param lets Airflow reject a bad field before the run is
+created; ``CampaignSettings.from_params`` repeats the checks that need Python
+(a real ISO-8601 instant, identifiers safe to quote) so that a run created
+some other way still stops before anything is read or sent.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from include.campaign.planner import API_MAX_RECIPIENTS_PER_REQUEST, PlanCaps
+
+CAMPAIGN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+# An optional schema prefix, then a table name: plain identifiers only, so they can be quoted safely.
+TABLE_NAME_PATTERN = r"^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$"
+SEND, RETRY_FAILED = "send", "retry_failed"
+MODES = (SEND, RETRY_FAILED)
+
+
+class CampaignSettingsError(ValueError):
+    """A Param value the campaign cannot run with."""
+
+
+def campaign_params() -> dict[str, Any]:
+    """The DAG's Params. Imported at parse time, so it only builds plain objects."""
+    from airflow.sdk import Param
+
+    return {
+        "campaign_id": Param(
+            type="string",
+            pattern=CAMPAIGN_ID_PATTERN,
+            title="Campaign id",
+            description="Names the campaign in the ledger, the tags and the idempotency keys. "
+            "Letters, digits, '.', '_' and '-'.",
+        ),
+        "recipients_table": Param(
+            "recipients",
+            type="string",
+            pattern=TABLE_NAME_PATTERN,
+            description="Warehouse table with recipient_id, email and optional variables columns.",
+        ),
+        "from_email": Param("newsletter@example.com", type="string", pattern=r"^[^@\s]+@[^@\s]+$"),
+        "subject": Param("Hello {{first_name}}", type="string", minLength=1),
+        "html_body": Param(
+            "<p>Hi {{first_name}}, here is our news.</p>",
+            type="string",
+            description="Sent as given; MigoSMTP fills {{variable}} placeholders per recipient.",
+        ),
+        "text_body": Param("Hi {{first_name}}, here is our news.", type="string"),
+        "hourly_cap": Param(150, type="integer", minimum=1, description="Plan limit per clock hour."),
+        "daily_cap": Param(1500, type="integer", minimum=1, description="Plan limit per UTC day."),
+        "max_batch_size": Param(
+            API_MAX_RECIPIENTS_PER_REQUEST,
+            type="integer",
+            minimum=1,
+            maximum=API_MAX_RECIPIENTS_PER_REQUEST,
+            description="Recipients per bulk request (the hourly cap also bounds it).",
+        ),
+        "start_at": Param(
+            None,
+            type=["null", "string"],
+            format="date-time",
+            description="First send slot, ISO-8601 UTC (e.g. 2026-12-01T09:00:00Z). Empty: now.",
+        ),
+        "dry_run": Param(False, type="boolean", description="Plan and record the batches; send nothing."),
+        "mode": Param(
+            SEND,
+            enum=list(MODES),
+            description="send: plan and send a new campaign. retry_failed: resend only the campaign's "
+            "batches that are not scheduled, with the recipients first planned.",
+        ),
+    }
+
+
+def _parse_start_at(value: str | None, now: datetime) -> datetime:
+    if value in (None, ""):
+        return now
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise CampaignSettingsError(f"start_at {value!r} is not an ISO-8601 date-time") from None
+    if moment.tzinfo is None:
+        raise CampaignSettingsError(f"start_at {value!r} has no UTC offset; write e.g. {value}Z")
+    return moment.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class CampaignSettings:
+    campaign_id: str
+    recipients_table: str
+    from_email: str
+    subject: str
+    html_body: str
+    text_body: str
+    caps: PlanCaps
+    start_at: datetime
+    dry_run: bool
+    mode: str
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], now: datetime | None = None) -> CampaignSettings:
+        now = now or datetime.now(UTC)
+        campaign_id = str(params.get("campaign_id") or "")
+        if not re.fullmatch(CAMPAIGN_ID_PATTERN, campaign_id):
+            raise CampaignSettingsError(
+                f"campaign_id {campaign_id!r} must be 1-100 letters, digits, '.', '_' or '-'"
+            )
+        table = str(params.get("recipients_table") or "")
+        if not re.fullmatch(TABLE_NAME_PATTERN, table):
+            raise CampaignSettingsError(f"recipients_table {table!r} is not a plain [schema.]table name")
+        from_email = str(params.get("from_email") or "")
+        if from_email.count("@") != 1:
+            raise CampaignSettingsError(f"from_email {from_email!r} is not an email address")
+        if not str(params.get("subject") or "").strip():
+            raise CampaignSettingsError("subject is empty")
+        html_body, text_body = params.get("html_body") or "", params.get("text_body") or ""
+        if not (html_body.strip() or text_body.strip()):
+            raise CampaignSettingsError("html_body and text_body are both empty; give at least one")
+        mode = params.get("mode", "send")
+        if mode not in MODES:
+            raise CampaignSettingsError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+        try:
+            caps = PlanCaps(
+                max_batch_size=params.get("max_batch_size", API_MAX_RECIPIENTS_PER_REQUEST),
+                hourly_cap=params.get("hourly_cap", 150),
+                daily_cap=params.get("daily_cap", 1500),
+            )
+        except ValueError as err:
+            raise CampaignSettingsError(str(err)) from None
+        return cls(
+            campaign_id=campaign_id,
+            recipients_table=table,
+            from_email=from_email,
+            subject=params["subject"],
+            html_body=html_body,
+            text_body=text_body,
+            caps=caps,
+            start_at=_parse_start_at(params.get("start_at"), now),
+            dry_run=bool(params.get("dry_run", False)),
+            mode=mode,
+        )

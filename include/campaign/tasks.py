@@ -1,0 +1,412 @@
+"""What the campaign DAG's three tasks do: plan, send one batch, close the ledger.
+
+Kept apart from the DAG file so the DAG stays a short story and these can be
+imported and read (and tested) without a scheduler. Heavy imports happen on
+call, not at DAG parse time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from include.campaign import halts, ledger
+from include.campaign.audience import (
+    REQUIRED_COLUMNS,
+    Recipient,
+    normalize_email,
+    normalize_recipient_id,
+    screen_chunk,
+)
+from include.campaign.planner import Batch, BatchPacker, hour_floor, place_whole_batches
+from include.campaign.settings import RETRY_FAILED, CampaignSettings, CampaignSettingsError
+from include.warehouse import (
+    REJECTED_TABLE,
+    STAGING_TABLE,
+    WarehouseInputError,
+    ensure_schema,
+    fetch_dicts,
+    get_warehouse_hook,
+    insert_rows,
+    placeholders,
+    quote_table,
+    stream_frames,
+    table_columns,
+    utc_text,
+)
+
+log = logging.getLogger(__name__)
+
+CHUNK_ROWS = 500
+
+
+def _settings(params: dict[str, Any]) -> CampaignSettings:
+    try:
+        return CampaignSettings.from_params(params)
+    except CampaignSettingsError as err:
+        raise AirflowFailException(f"invalid campaign Params: {err}") from err
+
+
+def batch_label(batch: dict[str, Any]) -> str:
+    """What the UI shows for a mapped batch, e.g. ``batch 7/34 · 2026-11-28T14:00Z · 150``."""
+    send_at = batch["send_at"][:16] + "Z"
+    return f"batch {batch['batch_number']}/{batch['batch_count']} · {send_at} · {batch['recipient_count']}"
+
+
+# -- plan ---------------------------------------------------------------------------------------
+
+
+def _refuse_resend(hook, campaign_id: str) -> None:
+    """A campaign whose ledger shows any attempt is never planned (and so sent) again."""
+    existing = ledger.rows(hook, campaign_id)
+    touched = [r for r in existing if r["status"] != ledger.PLANNED or r["attempts"]]
+    if touched:
+        summary = ledger.summarize(existing).by_status
+        raise AirflowFailException(
+            f"campaign {campaign_id!r} already has {len(existing)} batches in the ledger {summary}; "
+            "planning it again could send twice. To send what is unsent, trigger mode=retry_failed; "
+            "for a new campaign, use a new campaign_id."
+        )
+
+
+def _clear_unsent_plan(hook, campaign_id: str) -> None:
+    """Drop an earlier plan that sent nothing (a dry run, or a run stopped before sending)."""
+    hook.run(
+        [
+            f"DELETE FROM {table} WHERE campaign_id = {hook.placeholder}"
+            for table in (ledger.LEDGER_TABLE, STAGING_TABLE, REJECTED_TABLE)
+        ],
+        parameters=(campaign_id,),
+    )
+
+
+def _already_staged(hook, campaign_id: str, rows: list[dict[str, Any]]) -> tuple[set[str], set[str]]:
+    """Emails and recipient ids of this chunk that earlier chunks staged.
+
+    One indexed look-up per key column (an OR of the two would make SQLite scan the
+    campaign's staged rows per chunk), each bounded by the chunk size.
+    """
+    emails = {e for e in (normalize_email(r["email"]) for r in rows) if e}
+    ids = {i for i in (normalize_recipient_id(r["recipient_id"]) for r in rows) if i}
+
+    def staged(column: str, values: set[str]) -> set[str]:
+        if not values:
+            return set()
+        found = fetch_dicts(
+            hook,
+            f"SELECT {column} FROM {STAGING_TABLE} WHERE campaign_id = {hook.placeholder} "
+            f"AND {column} IN ({placeholders(hook, len(values))})",
+            (campaign_id, *sorted(values)),
+        )
+        return {f[column] for f in found}
+
+    return staged("email", emails), staged("recipient_id", ids)
+
+
+def plan_campaign(params: dict[str, Any], chunk_rows: int = CHUNK_ROWS) -> list[dict[str, Any]]:
+    """Plan the run's batches; returns only small batch descriptors (recipients stay in the warehouse).
+
+    ``mode=send`` plans a new campaign from the recipients table; ``mode=retry_failed``
+    takes the batches a campaign's ledger shows as not sent, as first planned.
+    """
+    settings = _settings(params)
+    hook = get_warehouse_hook()
+    ensure_schema(hook)
+    if settings.mode == RETRY_FAILED:
+        return _plan_resume(hook, settings)
+    return _plan_new(hook, settings, chunk_rows)
+
+
+def _descriptor(batch_number: int, batch_count: int, send_at: str, recipient_count: int) -> dict[str, Any]:
+    return {
+        "batch_number": batch_number,
+        "batch_count": batch_count,
+        "send_at": send_at,
+        "recipient_count": recipient_count,
+    }
+
+
+def _plan_resume(hook, settings: CampaignSettings) -> list[dict[str, Any]]:
+    """The campaign's unsent batches, with the same recipients and keys; passed slots re-placed.
+
+    The audience is frozen at the first plan: the recipients table is not read again.
+    """
+    campaign_id = settings.campaign_id
+    entries = ledger.rows(hook, campaign_id)
+    if not entries:
+        raise AirflowFailException(
+            f"campaign {campaign_id!r} has no ledger to resume; plan and send it with mode=send first"
+        )
+    pending = [r for r in entries if r["status"] not in ledger.SENT_STATUSES]
+    now = settings.start_at
+    passed, kept = [], []
+    for r in pending:
+        (passed if hour_floor(_parse_utc(r["send_at"])) < hour_floor(now) else kept).append(r)
+    # Slots are the account's: what is at the provider and the unsent batches kept in their slots count.
+    occupied = Counter(ledger.occupied_slots(hook, now))
+    for r in kept:
+        occupied[_parse_utc(r["send_at"])] += r["recipient_count"]
+    try:
+        new_slots = place_whole_batches([r["recipient_count"] for r in passed], settings.caps, now, occupied)
+    except ValueError as err:
+        raise AirflowFailException(
+            f"cannot re-place campaign {campaign_id!r}'s batches: {err}; resume with caps that fit a batch"
+        ) from err
+    for r, send_at in zip(passed, new_slots, strict=True):
+        ledger.reschedule(hook, campaign_id, r["batch_number"], send_at)
+        r["send_at"] = utc_text(send_at)
+    log.info(
+        "Resuming campaign %s: %d of %d batches not sent (%d re-placed from passed slots)",
+        campaign_id,
+        len(pending),
+        len(entries),
+        len(passed),
+    )
+    return [_descriptor(r["batch_number"], len(entries), r["send_at"], r["recipient_count"]) for r in pending]
+
+
+def _plan_new(hook, settings: CampaignSettings, chunk_rows: int) -> list[dict[str, Any]]:
+    """Stream the recipients, screen them, stage them in batches, and write the planned ledger."""
+    from include.migosmtp.client import idempotency_key
+
+    campaign_id = settings.campaign_id
+    try:
+        columns = table_columns(hook, settings.recipients_table)
+        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        if missing:
+            raise WarehouseInputError(
+                f"table {settings.recipients_table!r} lacks column(s) {', '.join(missing)}; "
+                f"it has {', '.join(columns)}"
+            )
+    except WarehouseInputError as err:
+        raise AirflowFailException(str(err)) from err
+    _refuse_resend(hook, campaign_id)
+    _clear_unsent_plan(hook, campaign_id)
+
+    occupied = ledger.occupied_slots(hook, settings.start_at)
+    packer = BatchPacker(settings.caps, settings.start_at, occupied)
+    read = rejected = staged = 0
+    open_batch_ids: list[str] = []
+
+    def write_planned(batch: Batch) -> None:
+        key = idempotency_key(campaign_id, batch.batch_number)
+        ledger.upsert_planned(hook, campaign_id, batch.batch_number, key, open_batch_ids, batch.send_at)
+        open_batch_ids.clear()
+
+    sql = f"SELECT * FROM {quote_table(settings.recipients_table)} ORDER BY recipient_id, email"
+    for chunk in stream_frames(hook, sql, chunk_rows):
+        records = chunk.to_dict("records")
+        known_emails, known_ids = _already_staged(hook, campaign_id, records)
+        screened = screen_chunk(records, read + 1, known_emails, known_ids)
+        read += len(records)
+        staging_rows = []
+        for recipient in screened.accepted:
+            batch_number, closed = packer.assign()
+            if closed is not None:
+                write_planned(closed)
+            open_batch_ids.append(recipient.recipient_id)
+            staged += 1
+            staging_rows.append(
+                (
+                    campaign_id,
+                    batch_number,
+                    staged,
+                    recipient.recipient_id,
+                    recipient.email,
+                    json.dumps(recipient.variables, sort_keys=True),
+                )
+            )
+        insert_rows(
+            hook,
+            STAGING_TABLE,
+            staging_rows,
+            ("campaign_id", "batch_number", "position", "recipient_id", "email", "variables"),
+        )
+        insert_rows(
+            hook,
+            REJECTED_TABLE,
+            [(campaign_id, r.source_row, r.recipient_id, r.email, r.reason) for r in screened.rejected],
+            ("campaign_id", "source_row", "recipient_id", "email", "reason"),
+        )
+        rejected += len(screened.rejected)
+    last = packer.finish()
+    if last is not None:
+        write_planned(last)
+
+    if read == 0:
+        raise AirflowFailException(f"table {settings.recipients_table!r} is empty: nothing to send")
+    batches = packer.batches
+    if not batches:
+        raise AirflowFailException(
+            f"none of the {read} recipients in {settings.recipients_table!r} can be sent to; "
+            f"the reasons are in {REJECTED_TABLE} (campaign_id {campaign_id!r})"
+        )
+    log.info(
+        "Planned campaign %s: %d recipients read, %d rejected, %d staged in %d batches from %s to %s",
+        campaign_id,
+        read,
+        rejected,
+        staged,
+        len(batches),
+        utc_text(batches[0].send_at),
+        utc_text(batches[-1].send_at),
+    )
+    return [
+        _descriptor(b.batch_number, len(batches), utc_text(b.send_at), b.recipient_count) for b in batches
+    ]
+
+
+# -- send ---------------------------------------------------------------------------------------
+
+
+def _parse_utc(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _staged_recipients(hook, campaign_id: str, batch_number: int):
+    p = hook.placeholder
+    staged = fetch_dicts(
+        hook,
+        f"SELECT recipient_id, email, variables FROM {STAGING_TABLE} "
+        f"WHERE campaign_id = {p} AND batch_number = {p} ORDER BY position",
+        (campaign_id, batch_number),
+    )
+    return [Recipient(s["recipient_id"], s["email"], json.loads(s["variables"])) for s in staged]
+
+
+def send_batch(batch: dict[str, Any], params: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Submit one planned batch, exactly once, and record the outcome in the ledger.
+
+    Raises the client's errors so the retry policy can apply the article's error table;
+    a 402 or 401 also halts the run, so batches not yet sent are not attempted.
+    """
+    from include.migosmtp.client import (
+        InvalidApiKey,
+        MigoSmtpClient,
+        MigoSmtpError,
+        QuotaExceeded,
+        batch_tags,
+        build_payload,
+    )
+
+    settings = _settings(params)
+    campaign_id, number = settings.campaign_id, batch["batch_number"]
+    if settings.dry_run:
+        raise AirflowSkipException(f"dry run: batch {number} planned, not sent")
+    hook = get_warehouse_hook()
+    entry = ledger.row(hook, campaign_id, number)
+    if entry is None:
+        raise AirflowFailException(f"batch {number} of campaign {campaign_id!r} is not in the ledger")
+    if entry["status"] in ledger.SENT_STATUSES:
+        log.info(
+            "Batch %d is already %s as %s; not sending again", number, entry["status"], entry["batch_id"]
+        )
+        return {"batch_number": number, "batch_id": entry["batch_id"], "resent": False}
+    stop = halts.current(hook, campaign_id, run_id)
+    if stop is not None:
+        reason = f"not sent: the run was halted by batch {stop['batch_number']}: {stop['reason']}"
+        ledger.record_halted(hook, campaign_id, number, reason)
+        raise AirflowSkipException(reason)
+
+    client = MigoSmtpClient()
+    key = entry["idempotency_key"]
+    try:
+        # An earlier attempt may have reached the provider without us hearing back: ask first.
+        found = client.find_batch(key) if entry["attempts"] else None
+        if found is not None:
+            batch_id = found["batch_id"]
+            log.info("Batch %d was already accepted as %s (found by idempotency key)", number, batch_id)
+        else:
+            recipients = _staged_recipients(hook, campaign_id, number)
+            if len(recipients) != entry["recipient_count"]:
+                raise AirflowFailException(
+                    f"batch {number} has {len(recipients)} staged recipients but the ledger planned "
+                    f"{entry['recipient_count']}; refusing to send a batch that changed"
+                )
+            payload = build_payload(
+                from_email=settings.from_email,
+                subject=settings.subject,
+                html=settings.html_body,
+                text=settings.text_body,
+                recipients=recipients,
+                send_at=_parse_utc(entry["send_at"]),
+                tags=batch_tags(campaign_id, number),
+            )
+            ledger.record_attempt(hook, campaign_id, number)
+            receipt = client.send_bulk(payload, key)
+            batch_id = receipt.batch_id
+            log.info(
+                "Batch %d: %d recipients scheduled for %s as %s%s",
+                number,
+                len(recipients),
+                entry["send_at"],
+                batch_id,
+                " (idempotent replay)" if receipt.replayed else "",
+            )
+    except (QuotaExceeded, InvalidApiKey) as err:
+        ledger.record_failure(hook, campaign_id, number, str(err))
+        if halts.halt(hook, campaign_id, run_id, number, str(err)):
+            err.halted_campaign = (campaign_id, run_id, number)  # read by CampaignHaltNotifier
+        raise
+    except MigoSmtpError as err:
+        ledger.record_failure(hook, campaign_id, number, str(err))
+        raise
+    ledger.record_scheduled(hook, campaign_id, number, batch_id)
+    return {"batch_number": number, "batch_id": batch_id, "resent": True}
+
+
+# -- ledger -------------------------------------------------------------------------------------
+
+
+def close_ledger(params: dict[str, Any], planned: list[dict[str, Any]] | None, run_id: str) -> dict[str, Any]:
+    """Settle every batch's final status, log the summary, and fail the run if any batch is unsent."""
+    settings = _settings(params)
+    if planned is None:
+        raise AirflowFailException("planning did not finish, so nothing was sent; see the plan task's log")
+    campaign_id = settings.campaign_id
+    hook = get_warehouse_hook()
+    if not settings.dry_run:
+        ledger.fail_unfinished(
+            hook, campaign_id, "the batch's task ended without recording an outcome; see its log"
+        )
+    summary = ledger.summarize(ledger.rows(hook, campaign_id))
+    rejected = fetch_dicts(
+        hook,
+        f"SELECT COUNT(*) AS n FROM {REJECTED_TABLE} WHERE campaign_id = {hook.placeholder}",
+        (campaign_id,),
+    )[0]["n"]
+    counts = {status: summary.by_status.get(status, 0) for status in ledger.STATUSES}
+    log.info(
+        "Campaign %s: %d recipients read, %d rejected, %d batches (%d recipients): %s%s",
+        campaign_id,
+        summary.recipients + rejected,
+        rejected,
+        summary.batches,
+        summary.recipients,
+        ", ".join(f"{n} {status}" for status, n in counts.items()),
+        " (dry run)" if settings.dry_run else "",
+    )
+    if summary.unsent:
+        stop = halts.current(hook, campaign_id, run_id)
+        cause = (
+            f"the run was halted by batch {stop['batch_number']}: {stop['reason']}"
+            if stop
+            else "; ".join(f"batch {r['batch_number']}: {r['last_error']}" for r in summary.unsent[:5])
+        )
+        raise AirflowFailException(
+            f"{len(summary.unsent)} of {summary.batches} batches were not sent ({cause}). Fix the cause, "
+            "then trigger mode=retry_failed for this campaign_id (or clear the failed send_batch tasks)."
+        )
+    return {
+        "campaign_id": campaign_id,
+        "recipients_read": summary.recipients + rejected,
+        "rejected": rejected,
+        "batches": summary.batches,
+        "recipients": summary.recipients,
+        "scheduled": counts[ledger.SCHEDULED],
+    }

@@ -1,0 +1,17 @@
+"""MigoSMTP sandbox: a local HTTP server that implements the provider API contract.
+
+Run it with ``python -m include.migosmtp.sandbox --db PATH --api-key KEY``, or
+from tests through :class:`SandboxProcess`. Besides the ``/v1`` API it offers
+admin endpoints under ``/_sandbox/`` (health, reset, faults, settings, record,
+requests) for tests to inject faults and inspect what was stored.
+
+Fault actions: ``status`` (answer with an error status), ``latency`` (sleep,
+then handle), ``drop_after_accept`` (handle, then close the connection without
+answering), ``drop`` (close without handling) and ``malformed`` (answer 202
+with a body that is not JSON, storing the batch only if ``accept`` is true).
+"""
+
+from include.migosmtp.sandbox.harness import SandboxError, SandboxProcess
+from include.migosmtp.sandbox.server import SandboxServer, Settings
+
+__all__ = ["SandboxError", "SandboxProcess", "SandboxServer", "Settings"]

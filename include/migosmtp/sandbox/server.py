@@ -1,0 +1,977 @@
+"""MigoSMTP sandbox: a stdlib HTTP server implementing the provider API contract.
+
+Implements `/work/shared/reference/migosmtp-api.md`: bulk send with
+validation, idempotency keys, monthly quota, per-minute rate limit, batch
+lookups and signed webhooks (see `delivery.py`), with a durable SQLite record. Admin endpoints under
+`/_sandbox/` (no auth) reset state, change settings and queue faults
+(error statuses, latency, dropped connections, malformed bodies) so that
+clients can be tested against the failure modes they must survive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import re
+import secrets
+import socket
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from include.migosmtp.sandbox.delivery import DeliveryWorker, send_at_string
+
+SEND_PATH = "/v1/email/send/bulk"
+BATCHES_PATH = "/v1/email/batches"
+QUOTA_PATH = "/v1/account/quota"
+MAX_RECIPIENTS = 1000
+IDEMPOTENCY_TTL = timedelta(hours=24)
+RESET_DRAIN_SECONDS = 30.0
+SEND_AT_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+")
+SEND_FIELDS = {"from", "subject", "html", "text", "recipients", "send_at", "tags"}
+DEFAULT_ERRORS = {
+    400: "invalid_request",
+    401: "invalid_api_key",
+    402: "quota_exceeded",
+    404: "not_found",
+    409: "idempotency_conflict",
+    429: "rate_limited",
+}
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+@dataclass
+class Settings:
+    """Live account settings; PATCH /_sandbox/settings changes them in place."""
+
+    api_key: str
+    requests_per_minute: int = 300
+    monthly_limit: int = 30000
+    monthly_used: int = 0
+    hourly_limit: int = 150
+    daily_limit: int = 1500
+    # Delivery and webhooks (see delivery.py).
+    webhook_url: str | None = None
+    webhook_secret: str = "whsec_sandbox"
+    bounce_rate: float = 0.0
+    defer_rate: float = 0.0
+    complaint_rate: float = 0.0
+    webhook_batch_size: int = 100
+    webhook_retry_base_seconds: float = 1.0
+    webhook_retry_max_seconds: float = 600.0
+    webhook_retry_horizon_seconds: float = 24 * 3600.0
+    webhook_duplicate_rate: float = 0.0
+    webhook_shuffle: bool = False
+    # Sandbox clock: real UTC plus this offset (POST /_sandbox/advance adds to it).
+    clock_offset_seconds: float = 0.0
+
+    RATES = ("bounce_rate", "defer_rate", "complaint_rate", "webhook_duplicate_rate")
+    POSITIVE = ("webhook_retry_base_seconds", "webhook_retry_max_seconds")
+
+    @classmethod
+    def check(cls, name: str, value: Any) -> None:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if name == "api_key":
+            if not isinstance(value, str) or not value:
+                raise ValueError("api_key must be a non-empty string")
+        elif name == "webhook_url":
+            if value is not None and (
+                not isinstance(value, str) or not value.startswith(("http://", "https://"))
+            ):
+                raise ValueError("webhook_url must be null or an http(s) URL")
+        elif name == "webhook_secret":
+            if not isinstance(value, str):
+                raise ValueError("webhook_secret must be a string")
+        elif name == "webhook_shuffle":
+            if not isinstance(value, bool):
+                raise ValueError("webhook_shuffle must be a boolean")
+        elif name in cls.RATES:
+            if not number or not 0 <= value <= 1:
+                raise ValueError(f"{name} must be a number from 0 to 1")
+        elif name in cls.POSITIVE:
+            if not number or value <= 0:
+                raise ValueError(f"{name} must be a positive number")
+        elif name == "webhook_retry_horizon_seconds":
+            if not number or value < 0:
+                raise ValueError(f"{name} must be a non-negative number")
+        elif name == "clock_offset_seconds":
+            if not number or not math.isfinite(value):
+                raise ValueError(f"{name} must be a number")
+        elif name == "webhook_batch_size":
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1000:
+                raise ValueError(f"{name} must be an integer from 1 to 1000")
+        elif not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer")
+
+    def update(self, changes: dict[str, Any]) -> None:
+        """Validate all changes before applying any, so a bad PATCH changes nothing."""
+        known = {f.name for f in fields(self)}
+        for name, value in changes.items():
+            if name not in known:
+                raise ValueError(f"unknown setting: {name}")
+            self.check(name, value)
+        merged = {**asdict(self), **changes}
+        if sum(merged[name] for name in ("bounce_rate", "defer_rate", "complaint_rate")) > 1:
+            raise ValueError("bounce_rate + defer_rate + complaint_rate must not exceed 1")
+        for name, value in changes.items():
+            setattr(self, name, value)
+
+    def public(self) -> dict[str, Any]:
+        """The settings as shown by GET /_sandbox/settings: the webhook secret is masked."""
+        shown = asdict(self)
+        shown["webhook_secret"] = "***" if self.webhook_secret else ""
+        return shown
+
+
+@dataclass
+class Response:
+    status: int
+    body: Any  # JSON-serialisable, or raw bytes sent as-is
+    headers: dict[str, str] = field(default_factory=dict)
+    replayed: bool = False
+
+
+def error(status: int, code: str, message: str, **extra: Any) -> Response:
+    return Response(status, {"error": code, "message": message, **extra})
+
+
+def invalid(field_name: str, message: str) -> Response:
+    return error(400, "invalid_request", message, field=field_name)
+
+
+MALFORMED = Response(202, b"not json {")
+
+
+@dataclass
+class Request:
+    path: str
+    query: dict[str, str]
+    body: bytes
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    data = json.loads(body or b"{}")
+    if not isinstance(data, dict):
+        raise TypeError("body must be a JSON object")
+    return data
+
+
+class Store:
+    """The durable record: one SQLite connection shared by all threads behind a lock."""
+
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS batches (
+        batch_id TEXT PRIMARY KEY, idempotency_key TEXT, status TEXT NOT NULL,
+        send_at TEXT NOT NULL, recipient_count INTEGER NOT NULL, tags_json TEXT NOT NULL,
+        from_email TEXT NOT NULL, subject TEXT NOT NULL, html TEXT NOT NULL,
+        text TEXT NOT NULL, created_at TEXT NOT NULL);
+    CREATE INDEX IF NOT EXISTS batches_idempotency_key ON batches (idempotency_key);
+    CREATE TABLE IF NOT EXISTS batch_recipients (
+        batch_id TEXT NOT NULL, position INTEGER NOT NULL, email TEXT NOT NULL,
+        variables_json TEXT NOT NULL, PRIMARY KEY (batch_id, position));
+    CREATE TABLE IF NOT EXISTS idempotency (
+        key TEXT PRIMARY KEY, body_hash TEXT NOT NULL, status_code INTEGER NOT NULL,
+        response_json TEXT NOT NULL, created_at TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS requests (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, method TEXT NOT NULL,
+        path TEXT NOT NULL, status_code INTEGER, idempotency_key TEXT,
+        replayed INTEGER NOT NULL DEFAULT 0, fault TEXT);
+    CREATE TABLE IF NOT EXISTS events (
+        event_id TEXT PRIMARY KEY, batch_id TEXT NOT NULL, recipient TEXT NOT NULL,
+        type TEXT NOT NULL, reason TEXT, timestamp INTEGER NOT NULL,
+        delivered INTEGER NOT NULL DEFAULT 0, tags_json TEXT NOT NULL,
+        emitted_at REAL NOT NULL, skipped INTEGER NOT NULL DEFAULT 0,
+        dup_pending INTEGER NOT NULL DEFAULT 0);
+    CREATE INDEX IF NOT EXISTS events_batch ON events (batch_id);
+    CREATE TABLE IF NOT EXISTS webhook_attempts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL,
+        event_count INTEGER NOT NULL, status_code INTEGER, error TEXT);
+    """
+    COUNTS_SQL = ", ".join(
+        f"(SELECT COUNT(*) FROM events e WHERE e.batch_id = batches.batch_id AND e.type = '{t}') AS count_{t}"
+        for t in ("delivered", "bounced", "deferred", "complained")
+    )
+
+    def __init__(self, path: str) -> None:
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(path, check_same_thread=False, timeout=10)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.executescript(self.SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def accept(self, batch: dict[str, Any], idempotency: tuple[str, str, Response] | None) -> None:
+        """Store a batch, its recipients and the idempotent response in one transaction."""
+        row = {
+            **batch,
+            "recipient_count": len(batch["recipients"]),
+            "tags_json": json.dumps(batch["tags"]),
+            "created_at": utc_now(),
+        }
+        with self._lock, self._conn:
+            self._conn.execute(
+                "INSERT INTO batches VALUES (:batch_id, :idempotency_key, 'scheduled',"
+                " :send_at, :recipient_count, :tags_json, :from, :subject, :html, :text,"
+                " :created_at)",
+                row,
+            )
+            self._conn.executemany(
+                "INSERT INTO batch_recipients VALUES (?, ?, ?, ?)",
+                [
+                    (batch["batch_id"], i, r["to"], json.dumps(r.get("variables", {})))
+                    for i, r in enumerate(batch["recipients"])
+                ],
+            )
+            if idempotency:
+                key, body_hash, resp = idempotency
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?, ?, ?)",
+                    (
+                        key,
+                        body_hash,
+                        resp.status,
+                        json.dumps(resp.body),
+                        row["created_at"],
+                    ),
+                )
+
+    def idempotent_response(self, key: str) -> tuple[str, Response] | None:
+        """The stored (body_hash, response) for a key, or None if absent or expired."""
+        rows = self._query("SELECT * FROM idempotency WHERE key = ?", (key,))
+        if not rows:
+            return None
+        row = rows[0]
+        age = datetime.now(UTC) - datetime.fromisoformat(row["created_at"])
+        if age > IDEMPOTENCY_TTL:
+            return None
+        return row["body_hash"], Response(row["status_code"], json.loads(row["response_json"]))
+
+    def batches(self, where: str = "", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        rows = self._query(f"SELECT *, {self.COUNTS_SQL} FROM batches {where} ORDER BY rowid", params)
+        return [self._batch(row) for row in rows]
+
+    @staticmethod
+    def _batch(row: sqlite3.Row) -> dict[str, Any]:
+        return {
+            "batch_id": row["batch_id"],
+            "status": row["status"],
+            "send_at": row["send_at"],
+            "recipient_count": row["recipient_count"],
+            "tags": json.loads(row["tags_json"]),
+            "idempotency_key": row["idempotency_key"],
+            "counts": {t: row[f"count_{t}"] for t in ("delivered", "bounced", "deferred", "complained")},
+        }
+
+    def record(self) -> dict[str, Any]:
+        """Everything stored, including message content, for assertions in tests."""
+        rows = self._query(f"SELECT *, {self.COUNTS_SQL} FROM batches ORDER BY rowid")
+        recipients = self._query("SELECT * FROM batch_recipients ORDER BY batch_id, position")
+        by_batch: dict[str, list[dict[str, Any]]] = {}
+        for r in recipients:
+            by_batch.setdefault(r["batch_id"], []).append(
+                {"to": r["email"], "variables": json.loads(r["variables_json"])}
+            )
+        batches = [
+            {
+                **self._batch(row),
+                "from": row["from_email"],
+                "subject": row["subject"],
+                "html": row["html"],
+                "text": row["text"],
+                "created_at": row["created_at"],
+                "recipients": by_batch.get(row["batch_id"], []),
+            }
+            for row in rows
+        ]
+        total = self._query("SELECT COUNT(*) FROM requests")[0][0]
+        return {"batches": batches, "requests_total": total}
+
+    def monthly_used(self) -> int:
+        [row] = self._query("SELECT COALESCE(SUM(recipient_count), 0) FROM batches")
+        return row[0]
+
+    def log_request(
+        self,
+        method: str,
+        path: str,
+        status: int | None,
+        idempotency_key: str | None,
+        replayed: bool,
+        fault: str | None,
+    ) -> None:
+        with self._lock, self._conn:
+            self._conn.execute(
+                "INSERT INTO requests (at, method, path, status_code,"
+                " idempotency_key, replayed, fault) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    utc_now(),
+                    method,
+                    path,
+                    status,
+                    idempotency_key,
+                    int(replayed),
+                    fault,
+                ),
+            )
+
+    def requests(self) -> list[dict[str, Any]]:
+        rows = self._query("SELECT * FROM requests ORDER BY id")
+        return [{**dict(row), "replayed": bool(row["replayed"])} for row in rows]
+
+    # --- delivery (used by delivery.DeliveryWorker) -------------------------
+
+    def due_batches(self, now: str) -> list[sqlite3.Row]:
+        """Scheduled batches whose send_at (YYYY-MM-DDTHH:MM:SSZ, sorts as text) <= now."""
+        return self._query(
+            "SELECT batch_id, tags_json FROM batches WHERE status = 'scheduled' AND send_at <= ?"
+            " ORDER BY send_at, rowid",
+            (now,),
+        )
+
+    def recipient_emails(self, batch_id: str) -> list[str]:
+        rows = self._query(
+            "SELECT email FROM batch_recipients WHERE batch_id = ? ORDER BY position", (batch_id,)
+        )
+        return [r["email"] for r in rows]
+
+    def emit_events(self, batch_id: str, events: list[dict[str, Any]], status: str) -> None:
+        with self._lock, self._conn:
+            self._conn.executemany(
+                "INSERT INTO events (event_id, batch_id, recipient, type, reason, timestamp,"
+                " tags_json, emitted_at, skipped) VALUES (:event_id, :batch_id, :recipient,"
+                " :type, :reason, :timestamp, :tags_json, :emitted_at, :skipped)",
+                events,
+            )
+            self._conn.execute(
+                "UPDATE batches SET status = ? WHERE batch_id = ? AND status = 'scheduled'",
+                (status, batch_id),
+            )
+
+    def pending_events(self, limit: int, shuffle: bool = False) -> list[sqlite3.Row]:
+        order = "RANDOM()" if shuffle else "rowid"
+        return self._query(
+            f"SELECT * FROM events WHERE delivered = 0 AND skipped = 0 ORDER BY {order} LIMIT ?",
+            (limit,),
+        )
+
+    def duplicate_events(self, limit: int) -> list[sqlite3.Row]:
+        return self._query("SELECT * FROM events WHERE dup_pending = 1 ORDER BY rowid LIMIT ?", (limit,))
+
+    def accept_events(self, accepted: list[tuple[str, int]], duplicates: list[str]) -> None:
+        """Mark events accepted (flagging some to be re-sent once) and finish their batches."""
+        with self._lock, self._conn:
+            self._conn.executemany(
+                "UPDATE events SET delivered = 1, dup_pending = ? WHERE event_id = ?",
+                [(dup, event_id) for event_id, dup in accepted],
+            )
+            self._conn.executemany(
+                "UPDATE events SET dup_pending = 0 WHERE event_id = ?",
+                [(event_id,) for event_id in duplicates],
+            )
+            self._conn.execute(
+                "UPDATE batches SET status = 'delivered' WHERE status = 'sending' AND NOT EXISTS"
+                " (SELECT 1 FROM events e WHERE e.batch_id = batches.batch_id AND e.delivered = 0)"
+            )
+
+    def expire_events(self, emitted_before: float) -> int:
+        with self._lock, self._conn:
+            return self._conn.execute(
+                "UPDATE events SET skipped = 1, dup_pending = 0 WHERE skipped = 0"
+                " AND (delivered = 0 OR dup_pending = 1) AND emitted_at < ?",
+                (emitted_before,),
+            ).rowcount
+
+    def record_attempt(self, event_count: int, status: int | None, err: str | None) -> None:
+        with self._lock, self._conn:
+            self._conn.execute(
+                "INSERT INTO webhook_attempts (at, event_count, status_code, error) VALUES (?, ?, ?, ?)",
+                (utc_now(), event_count, status, err),
+            )
+
+    def events(self) -> dict[str, Any]:
+        events = self._query("SELECT * FROM events ORDER BY rowid")
+        attempts = self._query("SELECT * FROM webhook_attempts ORDER BY id")
+        return {
+            "events": [
+                {
+                    "event_id": r["event_id"],
+                    "batch_id": r["batch_id"],
+                    "recipient": r["recipient"],
+                    "type": r["type"],
+                    "reason": r["reason"],
+                    "timestamp": r["timestamp"],
+                    "tags": json.loads(r["tags_json"]),
+                    "delivered": r["delivered"],
+                    "skipped": r["skipped"],
+                }
+                for r in events
+            ],
+            "webhook_attempts": [dict(r) for r in attempts],
+        }
+
+    def clear(self) -> None:
+        with self._lock, self._conn:
+            tables = ("batches", "batch_recipients", "idempotency", "requests", "events", "webhook_attempts")
+            for table in tables:
+                self._conn.execute(f"DELETE FROM {table}")
+            self._conn.execute("DELETE FROM sqlite_sequence WHERE name IN ('requests', 'webhook_attempts')")
+
+
+@dataclass
+class Fault:
+    """One queued fault, as posted to /_sandbox/faults (actions: see the package docstring)."""
+
+    action: str
+    endpoint: str = "send"
+    times: int = 1
+    status: int = 500
+    error: str | None = None
+    message: str | None = None
+    retry_after: str = "1"
+    seconds: float = 0.0
+    accept: bool = False
+
+    ACTIONS = ("status", "latency", "drop_after_accept", "drop", "malformed")
+    ENDPOINTS = ("send", "lookup", "any")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Fault:
+        if not isinstance(data, dict):
+            raise TypeError("each fault must be an object")
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown fault fields: {sorted(unknown)}")
+        fault = cls(**data)
+        if fault.action not in cls.ACTIONS:
+            raise ValueError(f"action must be one of {cls.ACTIONS}")
+        if fault.endpoint not in cls.ENDPOINTS:
+            raise ValueError(f"endpoint must be one of {cls.ENDPOINTS}")
+        if not isinstance(fault.times, int) or fault.times < 1:
+            raise ValueError("times must be a positive integer")
+        if not isinstance(fault.status, int) or not 100 <= fault.status <= 599:
+            raise ValueError("status must be an HTTP status code")
+        if not isinstance(fault.seconds, (int, float)) or fault.seconds < 0:
+            raise ValueError("seconds must be a non-negative number")
+        fault.retry_after = str(fault.retry_after)
+        return fault
+
+    def response(self) -> Response:
+        code = self.error or DEFAULT_ERRORS.get(
+            self.status, "internal_error" if self.status >= 500 else "invalid_request"
+        )
+        resp = error(self.status, code, self.message or f"injected fault: {code}")
+        if self.status == 429:
+            resp.headers["Retry-After"] = self.retry_after
+        return resp
+
+
+class FaultQueue:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._faults: list[Fault] = []
+
+    def replace(self, faults: list[Fault]) -> None:
+        with self._lock:
+            self._faults = faults
+
+    def take(self, endpoints: set[str]) -> Fault | None:
+        """Consume one use of the first queued fault matching any of `endpoints`."""
+        with self._lock:
+            for fault in self._faults:
+                if fault.endpoint in endpoints:
+                    fault.times -= 1
+                    if fault.times == 0:
+                        self._faults.remove(fault)
+                    return fault
+        return None
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [asdict(f) for f in self._faults]
+
+
+class RateLimiter:
+    """Fixed 60-second windows, started by the first request after the previous one ends."""
+
+    WINDOW = 60.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._start = time.monotonic()
+            self._count = 0
+
+    def _roll(self, now: float) -> None:
+        if now - self._start >= self.WINDOW:
+            self._start, self._count = now, 0
+
+    def hit(self, limit: int) -> bool:
+        with self._lock:
+            self._roll(time.monotonic())
+            if self._count >= limit:
+                return False
+            self._count += 1
+            return True
+
+    def retry_after(self) -> int:
+        """Whole seconds until the current window ends (at least 1)."""
+        with self._lock:
+            now = time.monotonic()
+            self._roll(now)
+            return max(1, math.ceil(self._start + self.WINDOW - now))
+
+    def headers(self, limit: int) -> dict[str, str]:
+        reset = self.retry_after()
+        with self._lock:
+            remaining = max(0, limit - self._count)
+        return {
+            "X-RateLimit-Limit": str(limit),
+            "X-RateLimit-Remaining": str(remaining),
+            "X-RateLimit-Reset": str(reset),
+        }
+
+
+def validate_send(payload: Any) -> Response | None:
+    """Return a 400 response for the first problem in a bulk-send body, or None."""
+    if not isinstance(payload, dict):
+        return invalid("body", "request body must be a JSON object")
+    for name in payload:
+        if name not in SEND_FIELDS:
+            return invalid(name, f"unknown field: {name}")
+    sender = payload.get("from")
+    if not isinstance(sender, str) or not EMAIL_RE.fullmatch(sender):
+        return invalid("from", "from must be an email address")
+    if not isinstance(payload.get("subject"), str) or not payload["subject"]:
+        return invalid("subject", "subject must be a non-empty string")
+    for name in ("html", "text"):
+        if not isinstance(payload.get(name, ""), str):
+            return invalid(name, f"{name} must be a string")
+    if not payload.get("html") and not payload.get("text"):
+        return invalid("html", "at least one of html and text must be non-empty")
+    recipients = payload.get("recipients")
+    if not isinstance(recipients, list) or not recipients:
+        return invalid("recipients", "recipients must be a non-empty list")
+    if len(recipients) > MAX_RECIPIENTS:
+        return error(
+            400,
+            "too_many_recipients",
+            f"at most {MAX_RECIPIENTS} recipients per request, got {len(recipients)}",
+        )
+    for i, r in enumerate(recipients):
+        where = f"recipients[{i}]"
+        if not isinstance(r, dict) or set(r) - {"to", "variables"}:
+            return invalid(
+                "recipients",
+                f"{where} must be an object with 'to' and optional 'variables'",
+            )
+        if not isinstance(r.get("to"), str) or not EMAIL_RE.fullmatch(r["to"]):
+            return invalid("recipients", f"{where}.to must be an email address")
+        if not isinstance(r.get("variables", {}), dict):
+            return invalid("recipients", f"{where}.variables must be an object")
+    send_at = payload.get("send_at")
+    try:
+        if not isinstance(send_at, str) or not SEND_AT_RE.fullmatch(send_at):
+            raise ValueError
+        datetime.strptime(send_at, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return invalid("send_at", "send_at must be a UTC time formatted YYYY-MM-DDTHH:MM:SSZ")
+    tags = payload.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        return invalid("tags", "tags must be a list of strings")
+    return None
+
+
+class SandboxServer(ThreadingHTTPServer):
+    """Holds the sandbox state shared by the request-handler threads."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], db_path: str, settings: Settings) -> None:
+        self.initial_settings = settings
+        self.store = Store(db_path)
+        # Quota usage is derived from the durable record so it survives restarts.
+        self.settings = Settings(**{**asdict(settings), "monthly_used": self.store.monthly_used()})
+        self.faults = FaultQueue()
+        self.limiter = RateLimiter()
+        # Serialises idempotency lookup, quota check and insert across threads.
+        self.state_lock = threading.Lock()
+        self._api_calls = 0
+        self._api_idle = threading.Condition()
+        # Held by each delivery tick (a webhook POST included) and by reset.
+        self.delivery_lock = threading.Lock()
+        # The settings are read live: PATCH and reset replace them.
+        self.delivery = DeliveryWorker(self.store, lambda: self.settings, self.now, self.delivery_lock)
+        super().__init__(address, SandboxHandler)
+
+    def now(self) -> float:
+        """The sandbox clock, unix seconds: real time plus clock_offset_seconds."""
+        return time.time() + self.settings.clock_offset_seconds
+
+    def advance(self, seconds: float) -> float:
+        with self.state_lock:
+            self.settings.clock_offset_seconds += seconds
+            return self.settings.clock_offset_seconds
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        self.delivery.start()
+        super().serve_forever(poll_interval)
+
+    def shutdown(self) -> None:
+        self.delivery.stop()
+        super().shutdown()
+
+    @contextmanager
+    def api_call(self) -> Iterator[None]:
+        """Track API requests still being handled (a latency fault can outlive its client)."""
+        with self._api_idle:
+            self._api_calls += 1
+        try:
+            yield
+        finally:
+            with self._api_idle:
+                self._api_calls -= 1
+                self._api_idle.notify_all()
+
+    def reset(self) -> None:
+        # Let requests still in flight land first, so none writes into the fresh state.
+        with self._api_idle:
+            self._api_idle.wait_for(lambda: self._api_calls == 0, timeout=RESET_DRAIN_SECONDS)
+        with self.delivery_lock, self.state_lock:
+            self.store.clear()
+            self.settings = Settings(**asdict(self.initial_settings))
+            self.faults.replace([])
+            self.limiter.reset()
+            self.delivery.reset_backoff()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.store.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that time out or hang up are expected here; stay quiet about them.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+class SandboxHandler(BaseHTTPRequestHandler):
+    server: SandboxServer
+    protocol_version = "HTTP/1.1"
+    server_version = "MigoSMTPSandbox/1.0"
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    do_POST = do_PATCH = do_PUT = do_DELETE = do_GET
+
+    def log_message(self, format: str, *args: Any) -> None:
+        sys.stderr.write(f"{self.address_string()} {format % args}\n")
+
+    def _dispatch(self) -> None:
+        url = urlsplit(self.path)
+        query = {k: v[0] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        # Always read the body so a kept-alive connection stays in sync.
+        req = Request(
+            url.path,
+            query,
+            self.rfile.read(int(self.headers.get("Content-Length") or 0)),
+        )
+        if req.path.startswith("/_sandbox/"):
+            self._respond(self._handle(ADMIN_ROUTES, req, auth=False))
+            return
+        fault = self.server.faults.take(self._fault_endpoints(req.path))
+        with self.server.api_call():
+            resp = self._serve(req, fault)
+            self._log(req.path, resp, fault.action if fault else None)
+        if resp is None or (fault and fault.action == "drop_after_accept"):
+            self._drop()
+        else:
+            self._respond(resp)
+
+    def _serve(self, req: Request, fault: Fault | None) -> Response | None:
+        """Handle an API request under an injected fault; None means not handled at all."""
+        if fault is None:
+            return self._handle(API_ROUTES, req, auth=True)
+        match fault.action:
+            case "drop":
+                return None
+            case "status":
+                return fault.response()
+            case "latency":
+                time.sleep(fault.seconds)
+                return self._handle(API_ROUTES, req, auth=True)
+            case "malformed":
+                if fault.accept:
+                    self._handle(API_ROUTES, req, auth=True)
+                return MALFORMED
+            case _:  # drop_after_accept: handled normally, the answer is withheld
+                return self._handle(API_ROUTES, req, auth=True)
+
+    def _fault_endpoints(self, path: str) -> set[str]:
+        if not path.startswith("/v1/"):
+            return set()
+        endpoints = {"any"}
+        if self.command == "POST" and path == SEND_PATH:
+            endpoints.add("send")
+        elif self.command == "GET" and (path == BATCHES_PATH or path.startswith(BATCHES_PATH + "/")):
+            endpoints.add("lookup")
+        return endpoints
+
+    def _handle(self, routes: list[Route], req: Request, auth: bool) -> Response:
+        matching = [(method, handler) for pattern, method, handler in routes if pattern.fullmatch(req.path)]
+        if not matching:
+            return error(404, "not_found", f"no such endpoint: {req.path}")
+        handler = next((h for method, h in matching if method == self.command), None)
+        if handler is None:
+            resp = error(405, "method_not_allowed", f"{self.command} not allowed on {req.path}")
+            resp.headers["Allow"] = ", ".join(method for method, _ in matching)
+            return resp
+        if auth and not self._authorized():
+            return error(401, "invalid_api_key", "missing or invalid API key")
+        try:
+            return handler(self, req)
+        except Exception as exc:  # noqa: BLE001 - a sandbox bug must still answer as JSON
+            self.log_error("unhandled error: %r", exc)
+            return error(500, "internal_error", "unexpected sandbox error")
+
+    def _authorized(self) -> bool:
+        scheme, _, key = (self.headers.get("Authorization") or "").partition(" ")
+        expected = self.server.settings.api_key.encode()
+        return scheme.lower() == "bearer" and hmac.compare_digest(key.strip().encode(), expected)
+
+    def _log(self, path: str, resp: Response | None, fault: str | None) -> None:
+        self.server.store.log_request(
+            self.command,
+            path,
+            resp.status if resp else None,
+            self.headers.get("Idempotency-Key"),
+            bool(resp and resp.replayed),
+            fault,
+        )
+
+    def _drop(self) -> None:
+        """Close the connection without sending a single response byte."""
+        self.log_message('"%s" dropped by fault', self.requestline)
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _respond(self, resp: Response) -> None:
+        data = resp.body if isinstance(resp.body, bytes) else json.dumps(resp.body).encode()
+        self.send_response(resp.status)
+        headers = {
+            "Content-Type": "application/json",
+            "Content-Length": str(len(data)),
+            **self.server.limiter.headers(self.server.settings.requests_per_minute),
+            **resp.headers,
+        }
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    # --- provider API -------------------------------------------------------
+
+    def _send_bulk(self, req: Request) -> Response:
+        server = self.server
+        if not server.limiter.hit(server.settings.requests_per_minute):
+            resp = error(429, "rate_limited", "too many requests to the send endpoint")
+            resp.headers["Retry-After"] = str(server.limiter.retry_after())
+            return resp
+        key = self.headers.get("Idempotency-Key")
+        if key is not None and not 1 <= len(key) <= 255:
+            return invalid("idempotency_key", "Idempotency-Key must be 1 to 255 characters")
+        try:
+            payload = json.loads(req.body)
+        except ValueError:
+            return invalid("body", "request body must be valid JSON")
+        problem = validate_send(payload)
+        if problem:
+            return problem
+        body_hash = hashlib.sha256(
+            json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()
+        with server.state_lock:
+            stored = server.store.idempotent_response(key) if key else None
+            if stored:
+                stored_hash, resp = stored
+                if stored_hash != body_hash:
+                    return error(
+                        409,
+                        "idempotency_conflict",
+                        "Idempotency-Key was already used with a different request body",
+                    )
+                resp.headers["Idempotent-Replayed"] = "true"
+                resp.replayed = True
+                return resp
+            count = len(payload["recipients"])
+            settings = server.settings
+            if settings.monthly_used + count > settings.monthly_limit:
+                return error(
+                    402,
+                    "quota_exceeded",
+                    f"sending {count} would exceed the monthly limit of {settings.monthly_limit}"
+                    f" ({settings.monthly_used} used)",
+                )
+            batch_id = f"bat_{secrets.token_hex(12)}"
+            resp = Response(
+                202,
+                {
+                    "batch_id": batch_id,
+                    "status": "scheduled",
+                    "send_at": payload["send_at"],
+                    "recipient_count": count,
+                },
+            )
+            batch = {
+                "html": "",
+                "text": "",
+                "tags": [],
+                **payload,
+                "batch_id": batch_id,
+                "idempotency_key": key,
+            }
+            server.store.accept(batch, (key, body_hash, resp) if key else None)
+            settings.monthly_used += count
+            return resp
+
+    def _list_batches(self, req: Request) -> Response:
+        conditions, params = [], []
+        for name in ("idempotency_key", "status"):
+            if name in req.query:
+                conditions.append(f"{name} = ?")
+                params.append(req.query[name])
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        batches = self.server.store.batches(where, tuple(params))
+        if "tag" in req.query:
+            batches = [b for b in batches if req.query["tag"] in b["tags"]]
+        return Response(200, {"batches": batches})
+
+    def _get_batch(self, req: Request) -> Response:
+        batch_id = req.path.rsplit("/", 1)[1]
+        found = self.server.store.batches("WHERE batch_id = ?", (batch_id,))
+        return Response(200, found[0]) if found else error(404, "not_found", f"no batch {batch_id}")
+
+    def _quota(self, req: Request) -> Response:
+        s = self.server.settings
+        return Response(
+            200,
+            {
+                "monthly_limit": s.monthly_limit,
+                "monthly_used": s.monthly_used,
+                "hourly_limit": s.hourly_limit,
+                "daily_limit": s.daily_limit,
+            },
+        )
+
+    # --- admin (/_sandbox/, no auth) ---------------------------------------
+
+    def _health(self, req: Request) -> Response:
+        return Response(200, {"ok": True})
+
+    def _reset(self, req: Request) -> Response:
+        self.server.reset()
+        return Response(200, {"ok": True})
+
+    def _get_faults(self, req: Request) -> Response:
+        return Response(200, {"faults": self.server.faults.snapshot()})
+
+    def _set_faults(self, req: Request) -> Response:
+        try:
+            faults = json_object(req.body).get("faults", [])
+            if not isinstance(faults, list):
+                raise TypeError("faults must be a list")
+            self.server.faults.replace([Fault.from_dict(f) for f in faults])
+        except (ValueError, TypeError) as exc:
+            return error(400, "invalid_request", str(exc))
+        return self._get_faults(req)
+
+    def _get_settings(self, req: Request) -> Response:
+        return Response(200, self.server.settings.public())
+
+    def _patch_settings(self, req: Request) -> Response:
+        try:
+            with self.server.state_lock:
+                self.server.settings.update(json_object(req.body))
+        except (ValueError, TypeError) as exc:
+            return error(400, "invalid_request", str(exc))
+        return self._get_settings(req)
+
+    def _record(self, req: Request) -> Response:
+        return Response(200, self.server.store.record())
+
+    def _requests(self, req: Request) -> Response:
+        return Response(200, self.server.store.requests())
+
+    def _events(self, req: Request) -> Response:
+        return Response(200, self.server.store.events())
+
+    def _advance(self, req: Request) -> Response:
+        try:
+            seconds = json_object(req.body).get("seconds")
+            if (
+                not isinstance(seconds, (int, float))
+                or isinstance(seconds, bool)
+                or not math.isfinite(seconds)
+            ):
+                raise ValueError("seconds must be a number")
+        except (ValueError, TypeError) as exc:
+            return error(400, "invalid_request", str(exc))
+        offset = self.server.advance(seconds)
+        now = self.server.now()
+        return Response(200, {"clock_offset_seconds": offset, "now": now, "now_utc": send_at_string(now)})
+
+
+Route = tuple[re.Pattern[str], str, Callable[[SandboxHandler, Request], Response]]
+
+
+def _routes(
+    *specs: tuple[str, str, Callable[[SandboxHandler, Request], Response]],
+) -> list[Route]:
+    return [(re.compile(pattern), method, handler) for pattern, method, handler in specs]
+
+
+H = SandboxHandler
+API_ROUTES = _routes(
+    (re.escape(SEND_PATH), "POST", H._send_bulk),
+    (re.escape(BATCHES_PATH), "GET", H._list_batches),
+    (re.escape(BATCHES_PATH) + r"/[^/]+", "GET", H._get_batch),
+    (re.escape(QUOTA_PATH), "GET", H._quota),
+)
+ADMIN_ROUTES = _routes(
+    ("/_sandbox/health", "GET", H._health),
+    ("/_sandbox/reset", "POST", H._reset),
+    ("/_sandbox/faults", "GET", H._get_faults),
+    ("/_sandbox/faults", "POST", H._set_faults),
+    ("/_sandbox/settings", "GET", H._get_settings),
+    ("/_sandbox/settings", "PATCH", H._patch_settings),
+    ("/_sandbox/record", "GET", H._record),
+    ("/_sandbox/requests", "GET", H._requests),
+    ("/_sandbox/events", "GET", H._events),
+    ("/_sandbox/advance", "POST", H._advance),
+)

@@ -1,0 +1,271 @@
+"""Unit tests of the campaign's Params: ``CampaignSettings.from_params`` and ``campaign_params()``.
+
+``campaign_params()`` is checked through Airflow's own ``ParamsDict``/``Param``
+validation (the JSON-schema Airflow applies to a trigger's conf), and
+``from_params`` through the settings it builds or the field its error names.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from airflow.sdk.definitions.param import ParamsDict
+from airflow.sdk.exceptions import ParamValidationError
+
+from include.campaign.planner import PlanCaps
+from include.campaign.settings import CampaignSettings, CampaignSettingsError, campaign_params
+
+NOW = datetime(2026, 11, 28, 18, 4, 5, tzinfo=UTC)
+DOCUMENTED_PARAMS = {
+    "campaign_id",
+    "recipients_table",
+    "from_email",
+    "subject",
+    "html_body",
+    "text_body",
+    "hourly_cap",
+    "daily_cap",
+    "max_batch_size",
+    "start_at",
+    "dry_run",
+    "mode",
+}
+DEFAULTS = {
+    "recipients_table": "recipients",
+    "from_email": "newsletter@example.com",
+    "subject": "Hello {{first_name}}",
+    "html_body": "<p>Hi {{first_name}}, here is our news.</p>",
+    "text_body": "Hi {{first_name}}, here is our news.",
+    "hourly_cap": 150,
+    "daily_cap": 1500,
+    "max_batch_size": 1000,
+    "start_at": None,
+    "dry_run": False,
+    "mode": "send",
+}
+
+
+def params(**overrides: Any) -> dict[str, Any]:
+    """A run's params: the documented defaults, a campaign id, and the overrides."""
+    return {**DEFAULTS, "campaign_id": "winter-sale.2026_1", **overrides}
+
+
+def validate_conf(conf: dict[str, Any]) -> dict[str, Any]:
+    """Validate a trigger conf the way Airflow does: merge into the DAG's ParamsDict, then validate."""
+    params_dict = ParamsDict(campaign_params())
+    params_dict.update(conf)
+    return params_dict.validate()
+
+
+class TestCampaignSettingsFromParams:
+    def test_defaults_with_a_campaign_id_give_the_documented_settings(self):
+        settings = CampaignSettings.from_params(params(), now=NOW)
+
+        assert settings == CampaignSettings(
+            campaign_id="winter-sale.2026_1",
+            recipients_table="recipients",
+            from_email="newsletter@example.com",
+            subject="Hello {{first_name}}",
+            html_body="<p>Hi {{first_name}}, here is our news.</p>",
+            text_body="Hi {{first_name}}, here is our news.",
+            caps=PlanCaps(max_batch_size=1000, hourly_cap=150, daily_cap=1500),
+            start_at=NOW,
+            dry_run=False,
+            mode="send",
+        )
+
+    def test_the_params_own_defaults_are_valid_settings(self):
+        defaults = {name: param.value for name, param in campaign_params().items() if name != "campaign_id"}
+
+        settings = CampaignSettings.from_params({**defaults, "campaign_id": "c1"}, now=NOW)
+
+        assert settings.caps == PlanCaps(max_batch_size=1000, hourly_cap=150, daily_cap=1500)
+        assert (settings.recipients_table, settings.start_at, settings.dry_run) == ("recipients", NOW, False)
+
+    def test_given_values_are_kept(self):
+        settings = CampaignSettings.from_params(
+            params(
+                campaign_id="c" * 100,
+                recipients_table="marketing.recipients_2026",
+                hourly_cap=1,
+                daily_cap=7,
+                max_batch_size=1,
+                dry_run=True,
+                html_body="",
+            ),
+            now=NOW,
+        )
+
+        assert settings.campaign_id == "c" * 100
+        assert settings.recipients_table == "marketing.recipients_2026"
+        assert settings.caps == PlanCaps(max_batch_size=1, hourly_cap=1, daily_cap=7)
+        assert settings.dry_run is True
+        assert (settings.html_body, settings.text_body) == ("", "Hi {{first_name}}, here is our news.")
+
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [
+            ("campaign_id", "summer sale"),
+            ("campaign_id", "c" * 101),
+            ("campaign_id", ""),
+            ("campaign_id", None),
+            ("campaign_id", "-starts-with-dash"),
+            ("campaign_id", "c1/../x"),
+            ("recipients_table", "recipients; DROP TABLE recipients"),
+            ("recipients_table", 'recipients"'),
+            ("recipients_table", "a.b.c"),
+            ("recipients_table", "a...b"),
+            ("recipients_table", "1recipients"),
+            ("recipients_table", "t" * 64),
+            ("recipients_table", ""),
+            ("from_email", "newsletter.example.com"),
+            ("from_email", "news@letter@example.com"),
+            ("from_email", ""),
+            ("subject", ""),
+            ("subject", "   "),
+            ("mode", "x"),
+            ("mode", "SEND"),
+            ("hourly_cap", 0),
+            ("daily_cap", 0),
+            ("max_batch_size", 0),
+            ("hourly_cap", -150),
+            ("max_batch_size", 1001),
+            ("start_at", "next tuesday"),
+            ("start_at", "2026-12-01T09:00:00"),
+            ("start_at", "2026-12-01"),
+        ],
+    )
+    def test_an_invalid_field_is_refused_naming_it(self, field, value):
+        with pytest.raises(CampaignSettingsError, match=field):
+            CampaignSettings.from_params(params(**{field: value}), now=NOW)
+
+    @pytest.mark.parametrize(("html_body", "text_body"), [("", ""), ("  ", "\n"), (None, None)])
+    def test_both_bodies_empty_is_refused(self, html_body, text_body):
+        with pytest.raises(CampaignSettingsError, match="html_body and text_body are both empty"):
+            CampaignSettings.from_params(params(html_body=html_body, text_body=text_body), now=NOW)
+
+    @pytest.mark.parametrize(("html_body", "text_body"), [("<p>Hi</p>", ""), ("", "Hi")])
+    def test_one_body_is_enough(self, html_body, text_body):
+        settings = CampaignSettings.from_params(params(html_body=html_body, text_body=text_body), now=NOW)
+
+        assert (settings.html_body, settings.text_body) == (html_body, text_body)
+
+    @pytest.mark.parametrize("start_at", [None, ""])
+    def test_empty_start_at_means_the_now_passed_in(self, start_at):
+        settings = CampaignSettings.from_params(params(start_at=start_at), now=NOW)
+
+        assert settings.start_at == NOW
+
+    def test_without_now_an_empty_start_at_is_the_current_time_in_utc(self):
+        before = datetime.now(UTC)
+        settings = CampaignSettings.from_params(params(start_at=None))
+        after = datetime.now(UTC)
+
+        assert before <= settings.start_at <= after
+        assert settings.start_at.utcoffset() == timedelta(0)
+
+    @pytest.mark.parametrize(
+        ("start_at", "expected"),
+        [
+            ("2026-12-01T09:00:00Z", datetime(2026, 12, 1, 9, 0, tzinfo=UTC)),
+            ("2026-12-01T09:00:00+00:00", datetime(2026, 12, 1, 9, 0, tzinfo=UTC)),
+            ("2026-12-01T09:00:00+02:00", datetime(2026, 12, 1, 7, 0, tzinfo=UTC)),
+            ("2026-12-01T01:30:00+02:00", datetime(2026, 11, 30, 23, 30, tzinfo=UTC)),
+            ("2026-12-01T09:00:00-05:00", datetime(2026, 12, 1, 14, 0, tzinfo=UTC)),
+        ],
+    )
+    def test_start_at_with_an_offset_is_normalised_to_utc(self, start_at, expected):
+        settings = CampaignSettings.from_params(params(start_at=start_at), now=NOW)
+
+        assert settings.start_at == expected
+        assert settings.start_at.tzinfo == UTC
+        assert (settings.start_at.hour, settings.start_at.day) == (expected.hour, expected.day)
+
+    def test_start_at_without_offset_suggests_writing_it_in_utc(self):
+        with pytest.raises(CampaignSettingsError, match="write e.g. 2026-12-01T09:00:00Z"):
+            CampaignSettings.from_params(params(start_at="2026-12-01T09:00:00"), now=NOW)
+
+    def test_cap_errors_keep_the_plan_caps_message(self):
+        with pytest.raises(CampaignSettingsError, match="^max_batch_size 1001 exceeds the API limit of 1000"):
+            CampaignSettings.from_params(params(max_batch_size=1001), now=NOW)
+
+
+class TestCampaignParams:
+    def test_the_documented_params_and_no_others(self):
+        assert set(campaign_params()) == DOCUMENTED_PARAMS
+
+    def test_campaign_id_is_required_and_has_no_default(self):
+        campaign_id = campaign_params()["campaign_id"]
+
+        assert campaign_id.has_value is False
+        assert "default" not in campaign_id.schema
+        with pytest.raises(ParamValidationError, match="campaign_id"):
+            ParamsDict(campaign_params()).validate()
+
+    def test_every_other_param_has_its_documented_default(self):
+        params_ = campaign_params()
+
+        assert {name: params_[name].value for name in DEFAULTS} == DEFAULTS
+
+    def test_defaults_plus_a_campaign_id_validate(self):
+        assert validate_conf({"campaign_id": "c1"}) == {**DEFAULTS, "campaign_id": "c1"}
+
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [
+            ("hourly_cap", 1),
+            ("daily_cap", 1),
+            ("max_batch_size", 1000),
+            ("recipients_table", "marketing.recipients_2026"),
+            ("campaign_id", "Winter_2026.v2-final"),
+            ("start_at", "2026-12-01T09:00:00Z"),
+            ("dry_run", True),
+        ],
+    )
+    def test_a_valid_value_is_accepted(self, field, value):
+        validated = validate_conf({"campaign_id": "c1", field: value})
+
+        assert validated[field] == value
+
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [
+            ("hourly_cap", 0),
+            ("daily_cap", 0),
+            ("max_batch_size", 0),
+            ("max_batch_size", 1001),
+            ("hourly_cap", "150"),
+            ("hourly_cap", 1.5),
+            ("campaign_id", "summer sale"),
+            ("campaign_id", "-x"),
+            ("campaign_id", "c" * 101),
+            ("recipients_table", "recipients; DROP TABLE recipients"),
+            ("recipients_table", 'recipients"'),
+            ("recipients_table", "a.b.c"),
+            ("from_email", "newsletter.example.com"),
+            ("subject", ""),
+            ("mode", "x"),
+            ("dry_run", "yes"),
+        ],
+    )
+    def test_an_invalid_value_is_rejected_by_the_param_schema(self, field, value):
+        with pytest.raises(ParamValidationError, match=f"Invalid input for param {field}"):
+            validate_conf({"campaign_id": "c1", field: value})
+
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [
+            ("hourly_cap", 0),
+            ("max_batch_size", 1001),
+            ("campaign_id", "summer sale"),
+            ("recipients_table", "a.b.c"),
+            ("mode", "x"),
+        ],
+    )
+    def test_the_param_schema_and_from_params_refuse_the_same_values(self, field, value):
+        with pytest.raises(ParamValidationError):
+            campaign_params()[field].resolve(value)
+        with pytest.raises(CampaignSettingsError, match=field):
+            CampaignSettings.from_params(params(**{field: value}), now=NOW)

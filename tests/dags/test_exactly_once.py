@@ -1,0 +1,397 @@
+"""Nothing lost, nothing twice: the real DAG under faults, then a resume where one is needed.
+
+Every scenario ends with the same check, read from the sandbox's own record:
+each valid recipient scheduled exactly once, and the ledger agreeing with the
+sandbox batch for batch. The figures of each scenario are printed as a table
+at the end of the pytest run ("exactly-once scenarios").
+"""
+
+from __future__ import annotations
+
+import email
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from demo.audience import create_recipients_table
+from include.campaign.ledger import rows as ledger_rows
+from tests.conftest import REPO_ROOT, SCENARIO_REPORT, point_migosmtp_at, postgres_admin
+
+RECIPIENTS = 30
+CONF = {"max_batch_size": 10, "hourly_cap": 1000, "daily_cap": 1000}
+RESUME = {**CONF, "mode": "retry_failed"}
+
+
+@pytest.fixture
+def audience(warehouse):
+    create_recipients_table(warehouse, "recipients", RECIPIENTS)
+    return warehouse
+
+
+@pytest.fixture
+def started():
+    return time.monotonic()
+
+
+def api_requests(sandbox):
+    return [r for r in sandbox.requests() if r["path"].startswith("/v1/")]
+
+
+def ledger(warehouse, campaign_id="c1"):
+    return ledger_rows(warehouse, campaign_id)
+
+
+def received(sandbox) -> Counter:
+    return Counter(r["to"] for b in sandbox.record()["batches"] for r in b["recipients"])
+
+
+def assert_exactly_once(name, sandbox, warehouse, started, recipients=RECIPIENTS):
+    """Each valid recipient scheduled once; the ledger equals the sandbox's record. Reports the figures."""
+    counts = received(sandbox)
+    duplicates = sum(n - 1 for n in counts.values())
+    lost = recipients - len(counts)
+    rows = ledger(warehouse)
+    SCENARIO_REPORT.append(
+        {
+            "scenario": f"{name} [{warehouse.dialect_name}]",
+            "recipients": recipients,
+            "batches": len(rows),
+            "api_requests": len(api_requests(sandbox)),
+            "duplicates": duplicates,
+            "lost": lost,
+            "wall_s": round(time.monotonic() - started, 1),
+        }
+    )
+    assert duplicates == 0 and lost == 0
+    assert {r["status"] for r in rows} == {"scheduled"}
+    sent = {b["idempotency_key"]: (b["batch_id"], b["recipient_count"]) for b in sandbox.record()["batches"]}
+    assert {r["idempotency_key"]: (r["batch_id"], r["recipient_count"]) for r in rows} == sent
+
+
+class TestTransientFaults:
+    def test_429_storm_with_retry_after(self, run_campaign, audience, sandbox, started):
+        sandbox.set_faults([{"action": "status", "status": 429, "retry_after": "1", "times": 8}])
+
+        run = run_campaign(**CONF)
+
+        assert run.state == "success"
+        assert [r["status_code"] for r in api_requests(sandbox) if r["method"] == "POST"].count(429) == 8
+        assert_exactly_once("429 storm (8 x Retry-After: 1)", sandbox, audience, started)
+
+    def test_5xx_burst_that_recovers(self, run_campaign, audience, sandbox, started):
+        sandbox.set_faults([{"action": "status", "status": 503, "times": 5}])
+
+        assert run_campaign(**CONF).state == "success"
+
+        assert max(r["attempts"] for r in ledger(audience)) <= 4
+        assert_exactly_once("5xx burst that recovers (5 x 503)", sandbox, audience, started)
+
+    def test_5xx_that_does_not_recover_then_resume(self, run_campaign, audience, sandbox, started):
+        sandbox.set_faults([{"action": "status", "status": 500, "times": 1000}])
+
+        run = run_campaign(**CONF)
+
+        assert run.state == "failed"
+        assert [r["attempts"] for r in ledger(audience)] == [
+            4,
+            4,
+            4,
+        ]  # first try + 3 retries, per the article
+        assert len([r for r in api_requests(sandbox) if r["method"] == "POST"]) == 12
+        assert received(sandbox) == {}
+
+        sandbox.set_faults([])
+        assert run_campaign(**RESUME).state == "success"
+        assert_exactly_once("5xx that persist, then retry_failed", sandbox, audience, started)
+
+    def test_timeouts(self, run_campaign, audience, sandbox, started, monkeypatch):
+        point_migosmtp_at(monkeypatch, sandbox, timeout=1)
+        sandbox.set_faults([{"action": "latency", "seconds": 2, "times": 2}])
+
+        assert run_campaign(**CONF).state == "success"
+
+        assert_exactly_once("timeouts (2 x 2 s against a 1 s timeout)", sandbox, audience, started)
+
+    def test_accepted_then_answer_dropped(self, run_campaign, audience, sandbox, started):
+        sandbox.set_faults([{"action": "drop_after_accept", "times": 2}])
+
+        assert run_campaign(**CONF).state == "success"
+
+        assert (
+            len([r for r in api_requests(sandbox) if r["method"] == "POST"]) == 3
+        )  # found by key, not re-posted
+        assert_exactly_once("accept, then drop the answer (x2)", sandbox, audience, started)
+
+
+class TestHaltAndResume:
+    def test_402_part_way_halts_then_resume_after_upgrade(self, run_campaign, audience, sandbox, started):
+        sandbox.update_settings(monthly_limit=15)  # room for the first batch of 10 only
+
+        run = run_campaign(**CONF)
+
+        assert run.state == "failed"
+        assert sorted(r["status"] for r in ledger(audience)) == ["failed", "halted", "scheduled"]
+        assert len(received(sandbox)) == 10  # the halted batches reached nobody
+        assert [r["attempts"] for r in ledger(audience) if r["status"] == "failed"] == [1]
+
+        sandbox.update_settings(monthly_limit=1000)
+        resumed = run_campaign(**RESUME)
+
+        assert resumed.state == "success"
+        assert len(resumed.states("send_batch")) == 2  # only the unsent batches
+        assert_exactly_once("402 part-way, upgrade, retry_failed", sandbox, audience, started)
+
+    def test_401_from_the_start_then_resume_with_the_right_key(
+        self, run_campaign, audience, sandbox, started, monkeypatch
+    ):
+        point_migosmtp_at(monkeypatch, sandbox, password="wrong")
+
+        assert run_campaign(**CONF).state == "failed"
+        assert [r["status_code"] for r in api_requests(sandbox)] == [401]
+        assert sorted(r["status"] for r in ledger(audience)) == ["failed", "halted", "halted"]
+
+        point_migosmtp_at(monkeypatch, sandbox)
+        assert run_campaign(**RESUME).state == "success"
+        assert_exactly_once("401 from the start, fix key, retry_failed", sandbox, audience, started)
+
+    def test_resume_keeps_the_first_audience(self, run_campaign, audience, sandbox):
+        sandbox.set_faults([{"action": "status", "status": 402}])
+        run_campaign(**CONF)
+        create_recipients_table(audience, "recipients", 50)  # 20 people added since the first plan
+
+        run_campaign(**RESUME)
+
+        assert set(received(sandbox)) == {f"user{n}@example.com" for n in range(1, RECIPIENTS + 1)}
+
+    def test_resume_with_nothing_unsent_sends_nothing(self, run_campaign, audience, sandbox):
+        assert run_campaign(**CONF).state == "success"
+        before = len(api_requests(sandbox))
+
+        run = run_campaign(**RESUME)
+
+        assert run.state == "success"
+        assert len(api_requests(sandbox)) == before
+
+    def test_resume_of_an_unknown_campaign_fails_before_sending(self, run_campaign, audience, sandbox):
+        run = run_campaign(campaign_id="never-planned", **RESUME)
+
+        assert run.state == "failed" and run.states("plan") == ["failed"]
+        assert api_requests(sandbox) == []
+
+    def test_passed_slots_are_re_placed_around_what_is_scheduled(self, run_campaign, audience, sandbox):
+        this_hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        caps = {"max_batch_size": 10, "hourly_cap": 10, "daily_cap": 1000}
+        sandbox.set_faults([{"action": "status", "status": 402}])
+        run_campaign(**caps, start_at=(this_hour - timedelta(hours=5)).isoformat())
+        create_recipients_table(audience, "others", 10)
+        run_campaign(campaign_id="other", recipients_table="others", **caps)  # fills this hour
+
+        run_campaign(**caps, mode="retry_failed")
+
+        slots = sorted(b["send_at"][:13] for b in sandbox.record()["batches"] if "campaign:c1" in b["tags"])
+        assert slots == [(this_hour + timedelta(hours=h)).strftime("%Y-%m-%dT%H") for h in (1, 2, 3)]
+        per_hour = Counter()
+        for b in sandbox.record()["batches"]:
+            per_hour[b["send_at"][:13]] += b["recipient_count"]
+        assert max(per_hour.values()) == 10
+
+
+@pytest.fixture
+def chat_webhook(monkeypatch):
+    """A chat incoming-webhook on loopback behind ``campaign_alerts``; yields the messages it got."""
+    received: list[dict] = []
+
+    class Webhook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Webhook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CAMPAIGN_ALERTS",
+        json.dumps({"conn_type": "http", "host": f"http://127.0.0.1:{server.server_port}/hooks/ops"}),
+    )
+    yield received
+    server.shutdown()
+
+
+class TestHaltAlerts:
+    def test_one_chat_alert_per_halt(self, run_campaign, audience, sandbox, chat_webhook):
+        sandbox.set_faults([{"action": "status", "status": 402}])
+
+        run_campaign(**CONF)
+
+        [alert] = chat_webhook
+        assert "campaign 'c1' halted" in alert["text"] and "quota exceeded" in alert["text"]
+        assert "mode=retry_failed" in alert["text"]
+
+    def test_email_alert(self, run_campaign, audience, sandbox, monkeypatch):
+        from aiosmtpd.controller import Controller
+
+        class Inbox:
+            messages: list = []
+
+            async def handle_DATA(self, server, session, envelope):
+                self.messages.append(envelope)
+                return "250 OK"
+
+        inbox = Inbox()
+        with socket.socket() as probe:  # aiosmtpd cannot listen on port 0 itself
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        controller = Controller(inbox, hostname="127.0.0.1", port=port)
+        controller.start()
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_CAMPAIGN_ALERTS",
+            json.dumps(
+                {
+                    "conn_type": "smtp",
+                    "host": "127.0.0.1",
+                    "port": port,
+                    "extra": {
+                        "to": "ops@example.com",
+                        "from_email": "airflow@example.com",
+                        "disable_ssl": True,
+                        "disable_tls": True,
+                    },
+                }
+            ),
+        )
+        point_migosmtp_at(monkeypatch, sandbox, password="wrong")
+        try:
+            run_campaign(**CONF)
+        finally:
+            controller.stop()
+
+        [envelope] = inbox.messages
+        assert envelope.rcpt_tos == ["ops@example.com"]
+        message = email.message_from_bytes(envelope.content)
+        body = "".join(
+            part.get_payload(decode=True).decode() for part in message.walk() if not part.is_multipart()
+        )
+        assert message["Subject"] == "MigoSMTP campaign halted"
+        assert "campaign &#x27;c1&#x27; halted" in body and "invalid_api_key" in body
+
+    def test_failures_that_do_not_halt_raise_no_alert(self, run_campaign, audience, sandbox, chat_webhook):
+        sandbox.set_faults([{"action": "status", "status": 400}])
+
+        assert run_campaign(**CONF).state == "failed"
+
+        assert chat_webhook == []
+
+
+class TestProcessesDying:
+    def test_warehouse_unavailable_while_the_ledger_closes(self, run_campaign, audience, sandbox, started):
+        """The outage starts once every batch is scheduled and spans both close_ledger tries."""
+
+        def outage_when_all_sent():
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                rows = _safe_ledger(audience)
+                if len(rows) == 3 and all(r["status"] == "scheduled" for r in rows):
+                    break
+                time.sleep(0.005)
+            warehouse_outage(audience, seconds=25)
+
+        outage = threading.Thread(target=outage_when_all_sent)
+        outage.start()
+        run = run_campaign(**CONF)
+        outage.join()
+
+        assert run.state == "failed" and run.states("close_ledger") == ["failed"]
+        assert run.task("close_ledger").try_number == 2
+
+        rerun = run_campaign(**RESUME)
+
+        assert rerun.state == "success"
+        assert rerun.states("send_batch") == ["skipped"]  # mapped over nothing: no batch was unsent
+        assert_exactly_once(
+            "warehouse down during the ledger write, then rerun",
+            sandbox,
+            audience,
+            started,
+        )
+
+    def test_run_killed_while_a_batch_is_in_flight(self, run_campaign, audience, sandbox, started):
+        """The whole dag.test process is SIGKILLed while a bulk request is waiting on the provider."""
+        sandbox.set_faults([{"action": "latency", "seconds": 3, "times": 1}])
+        # The same Airflow home, connections and DAG folder: the environment conftest set up.
+        script = textwrap.dedent(
+            f"""
+            from airflow.dag_processing.dagbag import DagBag
+            dag = DagBag(dag_folder={str(REPO_ROOT / "dags")!r}).dags["bulk_email_campaign"]
+            dag.test(run_conf={{"campaign_id": "c1", **{CONF!r}}})
+            """
+        )
+        worker = subprocess.Popen(
+            [sys.executable, "-c", script],
+            cwd=REPO_ROOT,
+            env=os.environ.copy(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            in_flight = None
+            deadline = time.monotonic() + 60
+            while in_flight is None and time.monotonic() < deadline:
+                # Attempts are counted before the request leaves: attempted but unsettled means in flight.
+                in_flight = next(
+                    (r for r in _safe_ledger(audience) if r["attempts"] and r["status"] == "planned"), None
+                )
+                time.sleep(0.05)
+            assert in_flight is not None, "no batch went in flight"
+            os.killpg(worker.pid, signal.SIGKILL)
+        finally:
+            worker.wait(timeout=30)
+        time.sleep(3.5)  # the provider finishes accepting the request nobody is waiting for
+        assert any(b["idempotency_key"] == in_flight["idempotency_key"] for b in sandbox.record()["batches"])
+
+        rerun = run_campaign(**RESUME)
+
+        assert rerun.state == "success"
+        assert_exactly_once("run killed with a request in flight, then rerun", sandbox, audience, started)
+
+
+def warehouse_outage(hook, seconds: float) -> None:
+    """Make the warehouse refuse work for ``seconds``, the way each database does.
+
+    SQLite: another connection holds the write lock, so writes fail with "database is locked".
+    PostgreSQL: the database stops accepting connections and its sessions are terminated.
+    """
+    if hook.dialect_name == "sqlite":
+        holder = sqlite3.connect(hook.get_connection(hook.get_conn_id()).host, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        time.sleep(seconds)
+        holder.execute("ROLLBACK")
+        holder.close()
+        return
+    database = hook.get_connection(hook.get_conn_id()).schema
+    postgres_admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+    postgres_admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'")
+    time.sleep(seconds)
+    postgres_admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+
+
+def _safe_ledger(warehouse):
+    try:
+        return ledger(warehouse)
+    except Exception:  # the table may not exist yet while the killed run is still planning
+        return []

@@ -1,0 +1,517 @@
+"""Tests of ``include.migosmtp.client`` against the real MigoSMTP sandbox over HTTP.
+
+No HTTP is mocked: the sandbox subprocess (``sandbox`` / ``clean_sandbox`` in
+``conftest.py``) stands in for the provider, and faults are injected through
+its admin endpoints. The connection ``migosmtp_default`` comes from the
+``AIRFLOW_CONN_MIGOSMTP_DEFAULT`` environment variable the fixture sets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from datetime import UTC, datetime, timedelta, timezone
+from email.utils import format_datetime
+from typing import Any
+
+import pytest
+import requests
+
+from include.campaign.audience import Recipient
+from include.migosmtp.client import (
+    MIGOSMTP_CONN_ID,
+    InvalidApiKey,
+    MalformedResponse,
+    MigoSmtpClient,
+    MigoSmtpError,
+    MigoSmtpHook,
+    OutcomeUnknown,
+    QuotaExceeded,
+    RateLimited,
+    RequestRejected,
+    SendReceipt,
+    ServerError,
+    batch_tags,
+    build_payload,
+    idempotency_key,
+    parse_retry_after,
+)
+
+API_KEY = "test-key"
+SEND_AT = datetime(2030, 5, 1, 9, 0, 0, tzinfo=UTC)
+
+
+def recipients(n: int = 2) -> list[Recipient]:
+    return [
+        Recipient(
+            recipient_id=f"r{i}",
+            email=f"user{i}@example.org",
+            variables={"first_name": f"Zoë{i}", "code": i, "tier": {"name": "gold"}},
+        )
+        for i in range(n)
+    ]
+
+
+def make_payload(n: int = 2, campaign_id: str = "spring-sale", batch_number: int = 1) -> dict[str, Any]:
+    return build_payload(
+        from_email="news@example.com",
+        subject="Hello {{first_name}}",
+        html="<p>Hi {{first_name}}, your code is {{code}}</p>",
+        text="Hi {{first_name}}, your code is {{code}}",
+        recipients=recipients(n),
+        send_at=SEND_AT,
+        tags=batch_tags(campaign_id, batch_number),
+    )
+
+
+def set_connection(
+    monkeypatch: pytest.MonkeyPatch, sandbox, conn_id: str = MIGOSMTP_CONN_ID, **fields
+) -> None:
+    """Point ``conn_id`` at the sandbox with the given connection fields (e.g. password=...)."""
+    conn = {"conn_type": "http", "host": sandbox.host, "port": sandbox.port, "schema": "http", **fields}
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+
+
+def wait_for_batches(sandbox, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The sandbox's batches once there are ``count`` of them (a delayed handler may still be working)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        batches = sandbox.record()["batches"]
+        if len(batches) >= count or time.monotonic() > deadline:
+            return batches
+        time.sleep(0.05)
+
+
+# --- pure helpers ------------------------------------------------------------------------------------
+
+
+class TestIdempotencyKey:
+    def test_is_deterministic(self) -> None:
+        assert idempotency_key("spring-sale", 3) == idempotency_key("spring-sale", 3)
+        assert idempotency_key("spring-sale", 3) == "bulk-email:spring-sale:batch-3"
+
+    def test_is_distinct_per_campaign_and_batch(self) -> None:
+        keys = {idempotency_key(c, b) for c in ("a", "b", "a.1", "a-1", "1") for b in (1, 2, 11, 12, 111)}
+        assert len(keys) == 25
+
+    def test_longest_campaign_id_fits_the_255_char_limit(self, clean_sandbox) -> None:
+        # campaign_id is capped at 100 characters by CAMPAIGN_ID_PATTERN in include.campaign.settings.
+        key = idempotency_key("c" * 100, 10**12)
+        assert len(key) <= 255
+        receipt = MigoSmtpClient().send_bulk(make_payload(1, "c" * 100, 10**12), key)
+        [batch] = clean_sandbox.record()["batches"]
+        assert batch["idempotency_key"] == key
+        assert batch["batch_id"] == receipt.batch_id
+
+
+class TestBatchTags:
+    def test_tags_name_campaign_and_batch(self) -> None:
+        assert batch_tags("spring-sale", 4) == ["campaign:spring-sale", "batch:spring-sale:4"]
+
+
+class TestBuildPayload:
+    def test_body_has_the_articles_fields_untouched(self) -> None:
+        payload = make_payload(2)
+        assert payload == {
+            "from": "news@example.com",
+            "subject": "Hello {{first_name}}",
+            "html": "<p>Hi {{first_name}}, your code is {{code}}</p>",
+            "text": "Hi {{first_name}}, your code is {{code}}",
+            "recipients": [
+                {
+                    "to": "user0@example.org",
+                    "variables": {"first_name": "Zoë0", "code": 0, "tier": {"name": "gold"}},
+                },
+                {
+                    "to": "user1@example.org",
+                    "variables": {"first_name": "Zoë1", "code": 1, "tier": {"name": "gold"}},
+                },
+            ],
+            "send_at": "2030-05-01T09:00:00Z",
+            "tags": ["campaign:spring-sale", "batch:spring-sale:1"],
+        }
+
+    def test_send_at_is_converted_to_utc(self) -> None:
+        payload = build_payload(
+            from_email="news@example.com",
+            subject="s",
+            html="h",
+            text="t",
+            recipients=recipients(1),
+            send_at=datetime(2030, 5, 1, 11, 30, 15, 987654, tzinfo=timezone(timedelta(hours=2))),
+            tags=[],
+        )
+        assert payload["send_at"] == "2030-05-01T09:30:15Z"
+
+
+class TestParseRetryAfter:
+    NOW = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+    @pytest.mark.parametrize(("value", "expected"), [("7", 7.0), (" 120 ", 120.0), ("0", 0.0)])
+    def test_delta_seconds(self, value: str, expected: float) -> None:
+        assert parse_retry_after(value) == expected
+
+    def test_http_date_in_the_future(self) -> None:
+        value = format_datetime(self.NOW + timedelta(seconds=90), usegmt=True)
+        assert value == "Tue, 01 Jan 2030 12:01:30 GMT"
+        assert parse_retry_after(value, now=self.NOW) == 90.0
+
+    def test_http_date_in_the_past_means_now(self) -> None:
+        assert parse_retry_after("Tue, 01 Jan 2030 11:00:00 GMT", now=self.NOW) == 0.0
+
+    def test_http_date_without_zone_is_utc(self) -> None:
+        assert parse_retry_after("Tue, 01 Jan 2030 12:00:30", now=self.NOW) == 30.0
+
+    @pytest.mark.parametrize("value", [None, "", "   ", "soon", "-5", "1.5", "Tue, 99 Foo 2030"])
+    def test_garbage_is_none(self, value: str | None) -> None:
+        assert parse_retry_after(value) is None
+
+    def test_non_ascii_digit_is_none(self) -> None:
+        assert parse_retry_after("\u00b2") is None
+
+
+# --- the hook ------------------------------------------------------------------------------------------
+
+
+class TestMigoSmtpHook:
+    def test_auth_is_bearer_with_the_connection_password(self, sandbox) -> None:
+        session = MigoSmtpHook().get_conn()
+        prepared = session.prepare_request(requests.Request("POST", f"{sandbox.url}/v1/email/send/bulk"))
+        assert prepared.headers["Authorization"] == f"Bearer {API_KEY}"
+
+    def test_login_does_not_turn_it_into_basic_auth(self, sandbox, monkeypatch) -> None:
+        set_connection(monkeypatch, sandbox, login="someone", password=API_KEY)
+        session = MigoSmtpHook().get_conn()
+        prepared = session.prepare_request(requests.Request("GET", f"{sandbox.url}/v1/account/quota"))
+        assert prepared.headers["Authorization"] == f"Bearer {API_KEY}"
+
+    def test_missing_password_raises_before_any_request(self, clean_sandbox, monkeypatch) -> None:
+        set_connection(monkeypatch, clean_sandbox)  # no password
+        with pytest.raises(InvalidApiKey, match="'migosmtp_default' has no password") as excinfo:
+            MigoSmtpHook().get_conn()
+        assert excinfo.value.code == "missing_api_key"
+        assert clean_sandbox.requests() == []
+
+
+# --- the client ----------------------------------------------------------------------------------------
+
+
+class TestSendBulk:
+    def test_success_returns_receipt_and_sandbox_stores_body_as_sent(self, clean_sandbox) -> None:
+        payload = make_payload(3)
+        key = idempotency_key("spring-sale", 1)
+        receipt = MigoSmtpClient().send_bulk(payload, key)
+
+        assert isinstance(receipt, SendReceipt)
+        assert receipt.batch_id.startswith("bat_")
+        assert receipt.status == "scheduled"
+        assert receipt.replayed is False
+        [batch] = clean_sandbox.record()["batches"]
+        assert batch["batch_id"] == receipt.batch_id
+        assert batch["idempotency_key"] == key
+        assert batch["from"] == "news@example.com"
+        assert batch["subject"] == "Hello {{first_name}}"
+        assert batch["html"] == "<p>Hi {{first_name}}, your code is {{code}}</p>"
+        assert batch["text"] == "Hi {{first_name}}, your code is {{code}}"
+        assert batch["recipients"] == payload["recipients"]
+        assert batch["recipients"][0]["variables"] == {
+            "first_name": "Zoë0",
+            "code": 0,
+            "tier": {"name": "gold"},
+        }
+        assert batch["send_at"] == "2030-05-01T09:00:00Z"
+        assert batch["tags"] == ["campaign:spring-sale", "batch:spring-sale:1"]
+        assert batch["recipient_count"] == 3
+        [logged] = clean_sandbox.requests()
+        assert (logged["method"], logged["path"], logged["status_code"], logged["idempotency_key"]) == (
+            "POST",
+            "/v1/email/send/bulk",
+            202,
+            key,
+        )
+
+    def test_login_on_the_connection_still_sends_bearer(self, clean_sandbox, monkeypatch) -> None:
+        set_connection(monkeypatch, clean_sandbox, login="someone", password=API_KEY)
+        receipt = MigoSmtpClient().send_bulk(make_payload(1), "k-login")
+        assert [b["batch_id"] for b in clean_sandbox.record()["batches"]] == [receipt.batch_id]
+
+    def test_wrong_key_raises_invalid_api_key_naming_the_connection(self, clean_sandbox, monkeypatch) -> None:
+        set_connection(monkeypatch, clean_sandbox, password="not-the-key")
+        with pytest.raises(InvalidApiKey) as excinfo:
+            MigoSmtpClient().send_bulk(make_payload(1), "k-401")
+        err = excinfo.value
+        assert (err.status, err.code) == (401, "invalid_api_key")
+        assert "'migosmtp_default'" in str(err)
+        assert "missing or invalid API key" in str(err)
+        assert "not-the-key" not in str(err)
+        assert [r["status_code"] for r in clean_sandbox.requests()] == [401]
+        assert clean_sandbox.record()["batches"] == []
+
+    def test_wrong_key_on_another_connection_names_that_connection(self, clean_sandbox, monkeypatch) -> None:
+        set_connection(monkeypatch, clean_sandbox, conn_id="migosmtp_eu", password="not-the-key")
+        with pytest.raises(InvalidApiKey) as excinfo:
+            MigoSmtpClient(conn_id="migosmtp_eu").send_bulk(make_payload(1), "k-401-eu")
+        assert "'migosmtp_eu'" in str(excinfo.value)
+
+    def test_missing_password_raises_before_any_request(self, clean_sandbox, monkeypatch) -> None:
+        set_connection(monkeypatch, clean_sandbox, password="")
+        with pytest.raises(InvalidApiKey, match="'migosmtp_default' has no password"):
+            MigoSmtpClient().send_bulk(make_payload(1), "k-nopass")
+        assert clean_sandbox.requests() == []
+        assert clean_sandbox.record()["batches"] == []
+
+    def test_same_key_same_body_replays_the_first_batch(self, clean_sandbox) -> None:
+        client, payload = MigoSmtpClient(), make_payload(2)
+        first = client.send_bulk(payload, "k-replay")
+        second = client.send_bulk(payload, "k-replay")
+        assert first.replayed is False
+        assert second.replayed is True
+        assert second.batch_id == first.batch_id
+        assert second.status == "scheduled"
+        assert [b["batch_id"] for b in clean_sandbox.record()["batches"]] == [first.batch_id]
+        assert [r["replayed"] for r in clean_sandbox.requests()] == [False, True]
+
+    def test_same_key_different_body_is_rejected_as_conflict(self, clean_sandbox) -> None:
+        client = MigoSmtpClient()
+        first = client.send_bulk(make_payload(2), "k-conflict")
+        with pytest.raises(RequestRejected) as excinfo:
+            client.send_bulk(make_payload(3), "k-conflict")
+        err = excinfo.value
+        assert (err.status, err.code) == (409, "idempotency_conflict")
+        assert "already used with a different request body" in str(err)
+        assert [b["batch_id"] for b in clean_sandbox.record()["batches"]] == [first.batch_id]
+
+    def test_429_raises_rate_limited_with_retry_after_seconds(self, clean_sandbox) -> None:
+        clean_sandbox.set_faults([{"action": "status", "status": 429, "retry_after": "7"}])
+        with pytest.raises(RateLimited) as excinfo:
+            MigoSmtpClient().send_bulk(make_payload(1), "k-429")
+        err = excinfo.value
+        assert err.retry_after == 7.0
+        assert (err.status, err.code) == (429, "rate_limited")
+        assert "retrying after 7 s" in str(err)
+        assert clean_sandbox.record()["batches"] == []
+
+    def test_429_with_http_date_retry_after(self, clean_sandbox) -> None:
+        when = datetime.now(UTC) + timedelta(seconds=120)
+        clean_sandbox.set_faults(
+            [{"action": "status", "status": 429, "retry_after": format_datetime(when, usegmt=True)}]
+        )
+        with pytest.raises(RateLimited) as excinfo:
+            MigoSmtpClient().send_bulk(make_payload(1), "k-429-date")
+        # The header has whole seconds and the request takes a moment.
+        assert 110 <= excinfo.value.retry_after <= 120
+
+    def test_429_with_http_date_in_the_past_retries_at_once(self, clean_sandbox) -> None:
+        clean_sandbox.set_faults(
+            [{"action": "status", "status": 429, "retry_after": "Wed, 21 Oct 2015 07:28:00 GMT"}]
+        )
+        with pytest.raises(RateLimited) as excinfo:
+            MigoSmtpClient().send_bulk(make_payload(1), "k-429-past")
+        assert excinfo.value.retry_after == 0.0
+
+    def test_429_without_retry_after_falls_back_to_rate_limit_reset(self, clean_sandbox) -> None:
+        clean_sandbox.set_faults([{"action": "status", "status": 429, "retry_after": ""}])
+        with pytest.raises(RateLimited) as excinfo:
+            MigoSmtpClient().send_bulk(make_payload(1), "k-429-reset")
+        # X-RateLimit-Reset: whole seconds left in the sandbox's 60 s window (not the 60 s default).
+        assert 1 <= excinfo.value.retry_after <= 60
+        assert excinfo.value.retry_after == int(excinfo.value.retry_after)
+
+    def test_429_with_non_ascii_digit_retry_after_is_still_rate_limited(self, clean_sandbox) -> None:
+        clean_sandbox.set_faults([{"action": "status", "status": 429, "retry_after": "\u00b2"}])
+        with pytest.raises(RateLimited):
+            MigoSmtpClient().send_bulk(make_payload(1), "k-429-sup2")
+
+    def test_real_rate_limit(self, clean_sandbox) -> None:
+        clean_sandbox.update_settings(requests_per_minute=1)
+        client = MigoSmtpClient()
+        client.send_bulk(make_payload(1), "k-rl-1")
+        with pytest.raises(RateLimited) as excinfo:
+            client.send_bulk(make_payload(1), "k-rl-2")
+        assert 1 <= excinfo.value.retry_after <= 60
+        assert len(clean_sandbox.record()["batches"]) == 1
+
+    def test_402_fault_raises_quota_exceeded_and_is_not_retried(self, clean_sandbox) -> None:
+        clean_sandbox.set_faults([{"action": "status", "status": 402, "message": "plan exhausted"}])
+        with pytest.raises(QuotaExceeded) as excinfo:
+            MigoSmtpClient().send_bulk(make_payload(1), "k-402")
+        err = excinfo.value
+        assert (err.status, err.code) == (402, "quota_exceeded")
+        message = str(err)
+        assert "plan exhausted" in message
+        assert "Upgrade the plan or wait for the monthly reset" in message
+        assert "not retried" in message
+        assert [r["status_code"] for r in clean_sandbox.requests()] == [402]
+
+    def test_real_monthly_quota_raises_quota_exceeded(self, clean_sandbox) -> None:
+        clean_sandbox.update_settings(monthly_limit=10, monthly_used=9)
+        with pytest.raises(QuotaExceeded) as excinfo:
+            MigoSmtpClient().send_bulk(make_payload(2), "k-quota")
+        message = str(excinfo.value)
+        assert "sending 2 would exceed the monthly limit of 10 (9 used)" in message
+        assert "Upgrade the plan or wait for the monthly reset" in message
+        assert [r["status_code"] for r in clean_sandbox.requests()] == [402]
+        assert clean_sandbox.record()["batches"] == []
+
+    @pytest.mark.parametrize("status", [500, 503])
+    def test_5xx_raises_server_error(self, clean_sandbox, status: int) -> None:
+        clean_sandbox.set_faults([{"action": "status", "status": status}])
+        with pytest.raises(ServerError) as excinfo:
+            MigoSmtpClient().send_bulk(make_payload(1), f"k-{status}")
+        err = excinfo.value
+        assert (err.status, err.code) == (status, "internal_error")
+        assert f"({status} internal_error)" in str(err)
+        assert [r["status_code"] for r in clean_sandbox.requests()] == [status]
+        assert clean_sandbox.record()["batches"] == []
+
+    def test_error_is_not_stored_so_the_same_key_can_be_retried(self, clean_sandbox) -> None:
+        clean_sandbox.set_faults([{"action": "status", "status": 500}])
+        client, payload = MigoSmtpClient(), make_payload(1)
+        with pytest.raises(ServerError):
+            client.send_bulk(payload, "k-after-500")
+        receipt = client.send_bulk(payload, "k-after-500")
+        assert receipt.replayed is False
+        assert [b["batch_id"] for b in clean_sandbox.record()["batches"]] == [receipt.batch_id]
+
+    def test_too_many_recipients_is_rejected_with_the_apis_message(self, clean_sandbox) -> None:
+        with pytest.raises(RequestRejected) as excinfo:
+            MigoSmtpClient().send_bulk(make_payload(1001), "k-1001")
+        err = excinfo.value
+        assert (err.status, err.code) == (400, "too_many_recipients")
+        assert "at most 1000 recipients per request, got 1001" in str(err)
+        assert clean_sandbox.record()["batches"] == []
+
+    def test_invalid_body_is_rejected_with_the_apis_message(self, clean_sandbox) -> None:
+        payload = {**make_payload(1), "send_at": "2030-05-01 09:00"}
+        with pytest.raises(RequestRejected) as excinfo:
+            MigoSmtpClient().send_bulk(payload, "k-400")
+        assert (excinfo.value.status, excinfo.value.code) == (400, "invalid_request")
+        assert "send_at must be a UTC time formatted YYYY-MM-DDTHH:MM:SSZ" in str(excinfo.value)
+
+    def test_timeout_raises_outcome_unknown_and_the_batch_can_be_found(self, clean_sandbox) -> None:
+        clean_sandbox.set_faults([{"action": "latency", "seconds": 2}])
+        client = MigoSmtpClient(timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(OutcomeUnknown) as excinfo:
+            client.send_bulk(make_payload(1), "k-slow")
+        assert time.monotonic() - started < 1.9
+        assert excinfo.value.status is None
+        assert "may or may not have been accepted" in str(excinfo.value)
+        assert isinstance(excinfo.value.__cause__, requests.Timeout)
+        # The sandbox finishes the slow request after the client gave up.
+        [batch] = wait_for_batches(clean_sandbox, 1)
+        assert client.find_batch("k-slow")["batch_id"] == batch["batch_id"]
+
+    def test_timeout_from_the_connection_extra(self, clean_sandbox, monkeypatch) -> None:
+        set_connection(monkeypatch, clean_sandbox, password=API_KEY, extra={"timeout": 0.5})
+        clean_sandbox.set_faults([{"action": "latency", "seconds": 2}])
+        started = time.monotonic()
+        with pytest.raises(OutcomeUnknown):
+            MigoSmtpClient().send_bulk(make_payload(1), "k-slow-extra")
+        assert time.monotonic() - started < 1.9
+        assert len(wait_for_batches(clean_sandbox, 1)) == 1
+
+    def test_drop_after_accept_raises_outcome_unknown_and_find_batch_finds_it(self, clean_sandbox) -> None:
+        clean_sandbox.set_faults([{"action": "drop_after_accept"}])
+        client = MigoSmtpClient()
+        with pytest.raises(OutcomeUnknown) as excinfo:
+            client.send_bulk(make_payload(2), "k-dropped")
+        assert isinstance(excinfo.value.__cause__, requests.ConnectionError)
+        [accepted] = clean_sandbox.record()["batches"]
+        found = client.find_batch("k-dropped")
+        assert found is not None
+        assert found["batch_id"] == accepted["batch_id"]
+        assert found["idempotency_key"] == "k-dropped"
+        assert found["recipient_count"] == 2
+        # Resending under the same key replays instead of sending twice.
+        receipt = client.send_bulk(make_payload(2), "k-dropped")
+        assert (receipt.batch_id, receipt.replayed) == (accepted["batch_id"], True)
+        assert len(clean_sandbox.record()["batches"]) == 1
+
+    def test_drop_before_handling_raises_outcome_unknown_and_nothing_is_found(self, clean_sandbox) -> None:
+        clean_sandbox.set_faults([{"action": "drop"}])
+        client = MigoSmtpClient()
+        with pytest.raises(OutcomeUnknown):
+            client.send_bulk(make_payload(1), "k-lost")
+        assert client.find_batch("k-lost") is None
+        assert clean_sandbox.record()["batches"] == []
+
+    def test_malformed_2xx_raises_malformed_response(self, clean_sandbox) -> None:
+        clean_sandbox.set_faults([{"action": "malformed", "accept": True}])
+        client = MigoSmtpClient()
+        with pytest.raises(MalformedResponse) as excinfo:
+            client.send_bulk(make_payload(1), "k-garbled")
+        err = excinfo.value
+        assert err.status == 202
+        message = str(err)
+        assert "without a batch_id" in message
+        assert "'not json {'" in message
+        assert "'k-garbled'" in message
+        [batch] = clean_sandbox.record()["batches"]
+        assert client.find_batch("k-garbled")["batch_id"] == batch["batch_id"]
+
+    def test_errors_are_migosmtp_errors(self) -> None:
+        for cls in (
+            InvalidApiKey,
+            MalformedResponse,
+            OutcomeUnknown,
+            QuotaExceeded,
+            RequestRejected,
+            ServerError,
+        ):
+            assert issubclass(cls, MigoSmtpError)
+        assert issubclass(RateLimited, MigoSmtpError)
+
+    def test_api_key_never_appears_in_logs(self, clean_sandbox, caplog, capfd) -> None:
+        caplog.set_level(logging.DEBUG)
+        clean_sandbox.set_faults([{"action": "drop"}, {"action": "status", "status": 500}])
+        client, payload = MigoSmtpClient(), make_payload(1)
+        with pytest.raises(OutcomeUnknown):
+            client.send_bulk(payload, "k-logs")
+        with pytest.raises(ServerError):
+            client.send_bulk(payload, "k-logs")
+        client.send_bulk(payload, "k-logs")
+        client.find_batch("k-logs")
+        out, err = capfd.readouterr()
+        captured = caplog.text + out + err
+        # The capture is live: urllib3's debug lines and the hook's warning about the drop are in it.
+        assert '"POST /v1/email/send/bulk HTTP/1.1" 202' in caplog.text
+        assert "Remote end closed connection" in captured
+        assert API_KEY in os.environ["AIRFLOW_CONN_MIGOSMTP_DEFAULT"]
+        assert API_KEY not in captured
+
+
+class TestFindBatch:
+    def test_unknown_key_is_none(self, clean_sandbox) -> None:
+        MigoSmtpClient().send_bulk(make_payload(1), "k-known")
+        assert MigoSmtpClient().find_batch("k-unknown") is None
+        [logged] = [r for r in clean_sandbox.requests() if r["method"] == "GET"]
+        assert (logged["path"], logged["status_code"]) == ("/v1/email/batches", 200)
+
+    def test_finds_the_batch_sent_under_the_key(self, clean_sandbox) -> None:
+        client = MigoSmtpClient()
+        first = client.send_bulk(make_payload(1, batch_number=1), idempotency_key("spring-sale", 1))
+        second = client.send_bulk(make_payload(2, batch_number=2), idempotency_key("spring-sale", 2))
+        found = client.find_batch(idempotency_key("spring-sale", 2))
+        assert found["batch_id"] == second.batch_id != first.batch_id
+        assert found["tags"] == ["campaign:spring-sale", "batch:spring-sale:2"]
+        assert found["status"] == "scheduled"
+
+    def test_lookup_server_error_raises_server_error(self, clean_sandbox) -> None:
+        clean_sandbox.set_faults([{"action": "status", "status": 503, "endpoint": "lookup"}])
+        with pytest.raises(ServerError) as excinfo:
+            MigoSmtpClient().find_batch("k-any")
+        assert excinfo.value.status == 503
+
+    def test_lookup_malformed_answer_raises_malformed_response(self, clean_sandbox) -> None:
+        clean_sandbox.set_faults([{"action": "malformed", "endpoint": "lookup"}])
+        with pytest.raises(MalformedResponse, match="without a batches list"):
+            MigoSmtpClient().find_batch("k-any")
+
+    def test_lookup_with_wrong_key_raises_invalid_api_key(self, clean_sandbox, monkeypatch) -> None:
+        set_connection(monkeypatch, clean_sandbox, password="not-the-key")
+        with pytest.raises(InvalidApiKey) as excinfo:
+            MigoSmtpClient().find_batch("k-any")
+        assert excinfo.value.status == 401

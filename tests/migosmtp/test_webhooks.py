@@ -1,0 +1,125 @@
+"""Webhook verification, parsing and idempotent storage (the receiver's logic, without HTTP)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from include.migosmtp.webhooks import (
+    MAX_BODY_BYTES,
+    REPLAY_WINDOW_SECONDS,
+    WebhookRejected,
+    parse,
+    sign,
+    store,
+    verify,
+)
+from include.warehouse import ensure_schema
+
+SECRET = "whsec_test"
+NOW = 1_800_000_000
+
+
+def event(event_id="ev_1", type_="delivered", **overrides):
+    return {
+        "event_id": event_id,
+        "type": type_,
+        "batch_id": "bat_1",
+        "recipient": "user1@example.com",
+        "tags": ["campaign:c1", "batch:c1:1"],
+        "timestamp": NOW,
+        **overrides,
+    }
+
+
+def body_of(*events) -> bytes:
+    return json.dumps({"events": list(events)}).encode()
+
+
+class TestVerify:
+    def test_a_correctly_signed_fresh_body_passes(self):
+        body = body_of(event())
+        verify(SECRET, str(NOW), sign(SECRET, str(NOW), body), body, now=NOW + 10)
+
+    @pytest.mark.parametrize(
+        "timestamp, signature, reason",
+        [
+            (None, "v1=00", "missing"),
+            (str(NOW), None, "missing"),
+            ("yesterday", "v1=00", "unix seconds"),
+            (str(NOW), "v1=" + "0" * 64, "does not match"),
+            (str(NOW - REPLAY_WINDOW_SECONDS - 1), "sign", "replay window"),
+            (str(NOW + REPLAY_WINDOW_SECONDS + 1), "sign", "replay window"),
+        ],
+        ids=["no timestamp", "no signature", "bad timestamp", "wrong signature", "stale", "future"],
+    )
+    def test_unsigned_forged_or_stale_requests_get_401(self, timestamp, signature, reason):
+        body = body_of(event())
+        if signature == "sign":
+            signature = sign(SECRET, timestamp, body)
+        with pytest.raises(WebhookRejected, match=reason) as rejected:
+            verify(SECRET, timestamp, signature, body, now=NOW)
+        assert rejected.value.status == 401
+
+    def test_a_body_signed_with_another_secret_or_altered_is_refused(self):
+        body = body_of(event())
+        for signature, sent in (
+            (sign("other", str(NOW), body), body),
+            (sign(SECRET, str(NOW), body), body + b" "),
+        ):
+            with pytest.raises(WebhookRejected, match="does not match"):
+                verify(SECRET, str(NOW), signature, sent, now=NOW)
+
+    def test_an_oversized_body_gets_413(self):
+        body = b"x" * (MAX_BODY_BYTES + 1)
+        with pytest.raises(WebhookRejected) as rejected:
+            verify(SECRET, str(NOW), sign(SECRET, str(NOW), body), body, now=NOW)
+        assert rejected.value.status == 413
+
+
+class TestParse:
+    def test_events_are_read_with_their_campaign(self):
+        [parsed] = parse(body_of(event(reason=None)))
+        assert (parsed.event_id, parsed.type, parsed.campaign_id, parsed.timestamp) == (
+            "ev_1",
+            "delivered",
+            "c1",
+            NOW,
+        )
+
+    @pytest.mark.parametrize(
+        "body, reason",
+        [
+            (b"not json", "not JSON"),
+            (b'{"event": []}', "events"),
+            (body_of("x"), "not an object"),
+            (body_of({k: v for k, v in event().items() if k != "batch_id"}), "lacks batch_id"),
+            (body_of(event(type_="opened")), "not one of"),
+            (body_of(event(timestamp="soon")), "wrong type"),
+        ],
+        ids=[
+            "not json",
+            "no events list",
+            "event not object",
+            "missing field",
+            "unknown type",
+            "bad timestamp",
+        ],
+    )
+    def test_malformed_bodies_get_400_naming_the_problem(self, body, reason):
+        with pytest.raises(WebhookRejected, match=reason) as rejected:
+            parse(body)
+        assert rejected.value.status == 400
+
+
+class TestStore:
+    def test_redelivered_and_reordered_events_are_stored_once(self, warehouse):
+        ensure_schema(warehouse)
+        first, second = parse(body_of(event("ev_1"), event("ev_2", "bounced", recipient="b@example.com")))
+
+        store(warehouse, [second, first])
+        store(warehouse, [first, first])
+
+        rows = warehouse.get_records("SELECT event_id, type, campaign_id FROM email_events ORDER BY event_id")
+        assert [tuple(r) for r in rows] == [("ev_1", "delivered", "c1"), ("ev_2", "bounced", "c1")]
