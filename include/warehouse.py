@@ -26,8 +26,20 @@ REJECTED_TABLE = "email_rejected_recipients"
 HALTS_TABLE = "email_campaign_halts"
 EVENTS_TABLE = "email_events"
 DELIVERIES_TABLE = "email_batch_deliveries"
+CAMPAIGNS_TABLE = "email_campaigns"
 
 _SCHEMA = (
+    # One row per campaign: its definition as first planned (see campaign/definition.py) and a status.
+    f"""CREATE TABLE IF NOT EXISTS {CAMPAIGNS_TABLE} (
+        campaign_id TEXT PRIMARY KEY,
+        dag_id TEXT NOT NULL,
+        planned_by_run TEXT NOT NULL,
+        definition TEXT NOT NULL,
+        dry_run INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        batches_by_status TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL)""",
     f"""CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (
         campaign_id TEXT NOT NULL,
         batch_number INTEGER NOT NULL,

@@ -8,21 +8,37 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="bulk-email-airflow-"))
+# Airflow's dags folder for the session: the project's DAG files plus a factory-built test campaign.
+# dag.test() runs only DAGs it finds in that folder, so a test DAG must be a file there too.
+DAGS_FOLDER = _AIRFLOW_HOME / "dags"
+DAGS_FOLDER.mkdir()
+for _dag_file in (REPO_ROOT / "dags").glob("*.py"):
+    shutil.copy(_dag_file, DAGS_FOLDER / _dag_file.name)
+FACTORY_DAG_ID = "factory_test_campaign"
+(DAGS_FOLDER / f"{FACTORY_DAG_ID}.py").write_text(
+    "# Airflow parses only files that mention airflow and dag.\n"
+    "from include.campaign.dag_factory import campaign_dag\n\n"
+    f"campaign_dag({FACTORY_DAG_ID!r}, schedule='@daily', tags=['test'], recipients_table='members',\n"
+    "    subject='Daily {{first_name}}', html_body='<p>{{segment}}</p>', text_body='', max_batch_size=10,\n"
+    "    hourly_cap=1000, daily_cap=1000)\n"
+)
 
 os.environ.update(
     {
         "AIRFLOW_HOME": str(_AIRFLOW_HOME),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
@@ -33,6 +49,9 @@ os.environ.update(
 )
 
 API_KEY = "test-key"
+# A UTC day a week ahead, and the next: campaigns never plan slots before now, so fixed dates would expire.
+DAY = f"{datetime.now(UTC) + timedelta(days=7):%Y-%m-%d}"
+NEXT_DAY = f"{datetime.now(UTC) + timedelta(days=8):%Y-%m-%d}"
 
 
 @pytest.fixture(scope="session")
@@ -105,17 +124,18 @@ def postgres_admin(statement: str) -> None:
         admin.execute(statement)
 
 
-def load_campaign_dag():
-    """The real DAG, loaded the way Airflow loads it (a DagBag over dags/).
+def load_campaign_dag(dag_id: str = "bulk_email_campaign"):
+    """A DAG loaded the way Airflow loads it (a DagBag over the session's dags folder, which holds
+    the project's DAG files and the factory-built test campaign).
 
     Loaded afresh for every run: ``dag.test(run_conf=...)`` writes the conf into
     the DAG object's params, which would otherwise leak into the next run.
     """
     from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
+    bag = DagBag(dag_folder=str(DAGS_FOLDER))
     assert not bag.import_errors, bag.import_errors
-    return bag.get_dag("bulk_email_campaign")
+    return bag.get_dag(dag_id)
 
 
 @pytest.fixture

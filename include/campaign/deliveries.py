@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from include.campaign import ledger
+from include.campaign import definition, ledger
 from include.warehouse import DELIVERIES_TABLE, EVENTS_TABLE, fetch_dicts, utc_now_text
 
 if TYPE_CHECKING:
@@ -102,6 +102,7 @@ def reconcile(hook: DbApiHook, campaign_id: str, source: str = "webhooks") -> di
         replace=True,
         replace_index=["campaign_id", "batch_number"],
     )
+    definition.summarize(hook, campaign_id, ledger.summarize(ledger.rows(hook, campaign_id)), dry_run=False)
     return {"delivered_batches": delivered, "partly_delivered_batches": partial}
 
 

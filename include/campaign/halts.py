@@ -2,8 +2,9 @@
 
 Mapped batches run in parallel, so the signal lives where all of them can see
 it, in the warehouse next to the ledger. It is scoped to the run: a later
-``mode=retry_failed`` run (after the plan was upgraded or the key fixed) is not
-halted, while retries and clears inside the halted run still are.
+run (after the plan was upgraded or the key fixed) is not halted, and neither is
+the halted run once it is cleared as a whole (its ``plan`` lifts the halt), while
+retries and clears of single batches inside the halted run still are.
 """
 
 from __future__ import annotations
@@ -41,3 +42,16 @@ def current(hook: DbApiHook, campaign_id: str, run_id: str) -> dict | None:
         (campaign_id, run_id),
     )
     return found[0] if found else None
+
+
+def lift(hook: DbApiHook, campaign_id: str, run_id: str) -> bool:
+    """Lift the run's halt: the whole run was cleared, so the operator has fixed the cause. True if
+    there was one (its reason stays in the halted batches' ledger rows and in the alert)."""
+    if current(hook, campaign_id, run_id) is None:
+        return False
+    p = hook.placeholder
+    hook.run(
+        f"DELETE FROM {HALTS_TABLE} WHERE campaign_id = {p} AND run_id = {p}",
+        parameters=(campaign_id, run_id),
+    )
+    return True

@@ -165,20 +165,37 @@ def fail_unfinished(hook: DbApiHook, campaign_id: str, reason: str) -> None:
     )
 
 
-def occupied_slots(hook: DbApiHook, since: datetime) -> dict[datetime, int]:
-    """Recipients already at the provider (any campaign), per send_at, from the start of ``since``'s UTC day.
+def occupied_slots(hook: DbApiHook, since: datetime, campaign_id: str) -> dict[datetime, int]:
+    """Recipients already holding the account's caps, per send_at, as ``campaign_id`` plans from ``since``.
 
-    The plan's hourly and daily caps are the account's, so these count against them
-    (the whole day's, since the daily cap counts hours before ``since`` too).
+    The plan's hourly and daily caps are the account's, so these count against them:
+    - every batch at the provider, from the start of ``since``'s UTC day (the daily cap
+      counts the hours before ``since`` too);
+    - other campaigns' batches still to be sent (planned, failed, halted) from ``since``'s
+      hour on, dry runs' aside: they go out in those slots, and a resume keeps a future slot.
+    Planning runs one at a time (the planning pool), so two plans never book the same room.
     """
     from datetime import datetime
 
+    from include.warehouse import CAMPAIGNS_TABLE
+
     p = hook.placeholder
+    hour = since.replace(minute=0, second=0, microsecond=0)
     found = fetch_dicts(
         hook,
-        f"SELECT send_at, SUM(recipient_count) AS recipients FROM {LEDGER_TABLE} "
-        f"WHERE status IN ({p}, {p}) AND send_at >= {p} GROUP BY send_at",
-        (*SENT_STATUSES, utc_text(since.replace(hour=0, minute=0, second=0, microsecond=0))),
+        f"SELECT l.send_at, SUM(l.recipient_count) AS recipients FROM {LEDGER_TABLE} l "
+        f"LEFT JOIN {CAMPAIGNS_TABLE} c ON c.campaign_id = l.campaign_id "
+        f"WHERE (l.status IN ({p}, {p}) AND l.send_at >= {p}) "
+        f"OR (l.status NOT IN ({p}, {p}) AND l.campaign_id <> {p} AND l.send_at >= {p} "
+        "AND COALESCE(c.dry_run, 0) = 0) "
+        "GROUP BY l.send_at",
+        (
+            *SENT_STATUSES,
+            utc_text(hour.replace(hour=0)),
+            *SENT_STATUSES,
+            campaign_id,
+            utc_text(hour),
+        ),
     )
     return {datetime.fromisoformat(r["send_at"].replace("Z", "+00:00")): int(r["recipients"]) for r in found}
 

@@ -26,18 +26,39 @@ class CampaignSettingsError(ValueError):
     """A Param value the campaign cannot run with."""
 
 
-def campaign_params() -> dict[str, Any]:
-    """The DAG's Params. Imported at parse time, so it only builds plain objects."""
+def campaign_params(*, campaign_id_required: bool = True, **defaults: Any) -> dict[str, Any]:
+    """The DAG's Params, with ``defaults`` replacing the built-in defaults.
+
+    ``campaign_id_required`` is for manual DAGs, where an empty id would make every trigger
+    a new campaign; a scheduled DAG leaves it empty and each run derives its own
+    (:func:`derive_campaign_id`). Called at parse time, so it only builds plain objects.
+    """
     from airflow.sdk import Param
 
-    return {
-        "campaign_id": Param(
+    if "campaign_id" in defaults:
+        raise TypeError(
+            "campaign_id cannot have a DAG-level default: every run would address the same campaign, "
+            "so after the first only resumes would run; leave it empty in a scheduled DAG instead"
+        )
+    charset = "Letters, digits, '.', '_' and '-'."
+    if campaign_id_required:
+        campaign_id = Param(
             type="string",
             pattern=CAMPAIGN_ID_PATTERN,
             title="Campaign id",
-            description="Names the campaign in the ledger, the tags and the idempotency keys. "
-            "Letters, digits, '.', '_' and '-'.",
-        ),
+            description=f"Names the campaign in the ledger, the tags and the idempotency keys. {charset}",
+        )
+    else:
+        campaign_id = Param(
+            "",
+            type="string",
+            pattern=f"^$|{CAMPAIGN_ID_PATTERN}",
+            title="Campaign id",
+            description="Empty: <dag_id>-<logical date, UTC, YYYYMMDDTHHMMZ>, so a run, its retries, "
+            f"clears and backfills all address the same campaign. {charset}",
+        )
+    params = {
+        "campaign_id": campaign_id,
         "recipients_table": Param(
             "recipients",
             type="string",
@@ -65,21 +86,38 @@ def campaign_params() -> dict[str, Any]:
             None,
             type=["null", "string"],
             format="date-time",
-            description="First send slot, ISO-8601 UTC (e.g. 2026-12-01T09:00:00Z). Empty: now.",
+            description="First send slot, ISO-8601 UTC (e.g. 2026-12-01T09:00:00Z). Empty: the run's "
+            "logical date (now if it has none). Never earlier than now.",
         ),
         "dry_run": Param(False, type="boolean", description="Plan and record the batches; send nothing."),
         "mode": Param(
             SEND,
             enum=list(MODES),
-            description="send: plan and send a new campaign. retry_failed: resend only the campaign's "
-            "batches that are not scheduled, with the recipients first planned.",
+            description="send: plan and send the campaign, or finish it if it was planned before with the "
+            "same definition. retry_failed: resend only the campaign's batches that are not scheduled, "
+            "with the recipients and definition first planned, without reading the recipients table.",
         ),
     }
+    unknown = sorted(set(defaults) - set(params))
+    if unknown:
+        raise TypeError(f"unknown campaign Param(s) {', '.join(unknown)}; known: {', '.join(params)}")
+    for name, value in defaults.items():
+        params[name] = Param(value, params[name].description, schema=params[name].schema)
+        try:
+            params[name].resolve()  # a bad default fails when the DAG file is parsed, naming the Param
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"default {value!r} for campaign Param {name!r} is invalid: {err}") from None
+    return params
 
 
-def _parse_start_at(value: str | None, now: datetime) -> datetime:
+def derive_campaign_id(dag_id: str, logical_date: datetime) -> str:
+    """``<dag_id>-<logical date in UTC as YYYYMMDDTHHMMZ>``, e.g. ``weekly_newsletter-20261207T0900Z``."""
+    return f"{dag_id}-{logical_date.astimezone(UTC):%Y%m%dT%H%MZ}"
+
+
+def _parse_start_at(value: str | None, default: datetime) -> datetime:
     if value in (None, ""):
-        return now
+        return default
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -103,9 +141,26 @@ class CampaignSettings:
     mode: str
 
     @classmethod
-    def from_params(cls, params: dict[str, Any], now: datetime | None = None) -> CampaignSettings:
+    def from_params(
+        cls,
+        params: dict[str, Any],
+        now: datetime | None = None,
+        *,
+        dag_id: str | None = None,
+        logical_date: datetime | None = None,
+    ) -> CampaignSettings:
+        """Validated settings. An empty campaign_id is derived from ``dag_id`` and ``logical_date``;
+        an empty start_at is ``logical_date`` (else ``now``); a start_at before ``now`` becomes ``now``,
+        so a backfill of a past week sends from now, within the caps."""
         now = now or datetime.now(UTC)
         campaign_id = str(params.get("campaign_id") or "")
+        if not campaign_id:
+            if dag_id is None or logical_date is None:
+                raise CampaignSettingsError(
+                    "campaign_id is empty and the run has no logical date to name the campaign by; "
+                    "give a campaign_id, or trigger the run with a logical date"
+                )
+            campaign_id = derive_campaign_id(dag_id, logical_date)
         if not re.fullmatch(CAMPAIGN_ID_PATTERN, campaign_id):
             raise CampaignSettingsError(
                 f"campaign_id {campaign_id!r} must be 1-100 letters, digits, '.', '_' or '-'"
@@ -140,7 +195,7 @@ class CampaignSettings:
             html_body=html_body,
             text_body=text_body,
             caps=caps,
-            start_at=_parse_start_at(params.get("start_at"), now),
+            start_at=max(_parse_start_at(params.get("start_at"), logical_date or now), now),
             dry_run=bool(params.get("dry_run", False)),
             mode=mode,
         )

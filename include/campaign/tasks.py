@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import Counter
 from datetime import datetime
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from include.campaign import halts, ledger
+from include.campaign import definition, halts, ledger
 from include.campaign.audience import (
     REQUIRED_COLUMNS,
     Recipient,
@@ -26,6 +27,7 @@ from include.campaign.audience import (
 from include.campaign.planner import Batch, BatchPacker, hour_floor, place_whole_batches
 from include.campaign.settings import RETRY_FAILED, CampaignSettings, CampaignSettingsError
 from include.warehouse import (
+    CAMPAIGNS_TABLE,
     REJECTED_TABLE,
     STAGING_TABLE,
     WarehouseInputError,
@@ -45,9 +47,11 @@ log = logging.getLogger(__name__)
 CHUNK_ROWS = 500
 
 
-def _settings(params: dict[str, Any]) -> CampaignSettings:
+def _settings(
+    params: dict[str, Any], dag_id: str | None = None, logical_date: datetime | None = None
+) -> CampaignSettings:
     try:
-        return CampaignSettings.from_params(params)
+        return CampaignSettings.from_params(params, dag_id=dag_id, logical_date=logical_date)
     except CampaignSettingsError as err:
         raise AirflowFailException(f"invalid campaign Params: {err}") from err
 
@@ -61,17 +65,9 @@ def batch_label(batch: dict[str, Any]) -> str:
 # -- plan ---------------------------------------------------------------------------------------
 
 
-def _refuse_resend(hook, campaign_id: str) -> None:
-    """A campaign whose ledger shows any attempt is never planned (and so sent) again."""
-    existing = ledger.rows(hook, campaign_id)
-    touched = [r for r in existing if r["status"] != ledger.PLANNED or r["attempts"]]
-    if touched:
-        summary = ledger.summarize(existing).by_status
-        raise AirflowFailException(
-            f"campaign {campaign_id!r} already has {len(existing)} batches in the ledger {summary}; "
-            "planning it again could send twice. To send what is unsent, trigger mode=retry_failed; "
-            "for a new campaign, use a new campaign_id."
-        )
+def _was_attempted(entries: list[dict[str, Any]]) -> bool:
+    """Whether any batch may have reached the provider; until then a plan can be replaced freely."""
+    return any(r["status"] != ledger.PLANNED or r["attempts"] for r in entries)
 
 
 def _clear_unsent_plan(hook, campaign_id: str) -> None:
@@ -79,7 +75,7 @@ def _clear_unsent_plan(hook, campaign_id: str) -> None:
     hook.run(
         [
             f"DELETE FROM {table} WHERE campaign_id = {hook.placeholder}"
-            for table in (ledger.LEDGER_TABLE, STAGING_TABLE, REJECTED_TABLE)
+            for table in (ledger.LEDGER_TABLE, STAGING_TABLE, REJECTED_TABLE, CAMPAIGNS_TABLE)
         ],
         parameters=(campaign_id,),
     )
@@ -108,18 +104,75 @@ def _already_staged(hook, campaign_id: str, rows: list[dict[str, Any]]) -> tuple
     return staged("email", emails), staged("recipient_id", ids)
 
 
-def plan_campaign(params: dict[str, Any], chunk_rows: int = CHUNK_ROWS) -> list[dict[str, Any]]:
+def max_map_length() -> int:
+    """Airflow's ceiling on one run's mapped tasks, so one batch per task (``[core] max_map_length``)."""
+    from airflow.sdk.configuration import conf
+
+    return conf.getint("core", "max_map_length", fallback=1024)
+
+
+class _TooManyBatches(Exception):
+    pass
+
+
+def plan_campaign(
+    params: dict[str, Any],
+    *,
+    dag_id: str | None = None,
+    run_id: str = "",
+    logical_date: datetime | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+    max_batches: int | None = None,
+) -> list[dict[str, Any]]:
     """Plan the run's batches; returns only small batch descriptors (recipients stay in the warehouse).
 
-    ``mode=send`` plans a new campaign from the recipients table; ``mode=retry_failed``
-    takes the batches a campaign's ledger shows as not sent, as first planned.
+    Every run converges on "each valid recipient scheduled exactly once". ``mode=send``
+    plans a new campaign from the recipients table; for a campaign already attempted
+    with the same definition it resumes instead, exactly as ``mode=retry_failed`` does
+    (the batches not yet at the provider, as first planned). A different definition
+    under the same campaign_id is refused before anything is read or sent.
     """
-    settings = _settings(params)
+    settings = _settings(params, dag_id, logical_date)
+    campaign_id = settings.campaign_id
+    max_batches = max_map_length() if max_batches is None else max_batches
     hook = get_warehouse_hook()
     ensure_schema(hook)
+    if run_id and halts.lift(hook, campaign_id, run_id):
+        log.info("Run %s was halted and is planned again (cleared): its halt is lifted", run_id)
+    entries = ledger.rows(hook, campaign_id)
+    recorded = definition.read(hook, campaign_id)
+    current = definition.of(settings)
     if settings.mode == RETRY_FAILED:
-        return _plan_resume(hook, settings)
-    return _plan_new(hook, settings, chunk_rows)
+        if not entries:
+            raise AirflowFailException(
+                f"campaign {campaign_id!r} has no ledger to resume; plan and send it with mode=send first"
+            )
+        if recorded is not None and definition.differences(recorded["definition"], current):
+            log.warning(
+                "mode=retry_failed sends campaign %s as first planned; the run's %s differ and are not used",
+                campaign_id,
+                ", ".join(definition.differences(recorded["definition"], current)),
+            )
+    elif _was_attempted(entries):
+        if recorded is not None:
+            changed = definition.differences(recorded["definition"], current)
+            if changed:
+                raise AirflowFailException(
+                    f"campaign {campaign_id!r} was first planned (run {recorded['planned_by_run']}) with "
+                    f"another {', '.join(changed)}; a campaign's definition cannot change once it has sent. "
+                    "Rerun it with its first definition to finish it, or give the new one a new campaign_id."
+                )
+        if settings.dry_run:
+            raise AirflowFailException(
+                f"campaign {campaign_id!r} has already sent batches, so a dry run cannot plan it afresh; "
+                "use a new campaign_id to preview a new campaign"
+            )
+        log.info("Campaign %s was planned before with this definition: finishing it", campaign_id)
+    else:
+        return _plan_new(hook, settings, dag_id or "", run_id, chunk_rows, max_batches)
+    if recorded is None:  # planned before email_campaigns existed: its definition is what this run says
+        definition.record(hook, campaign_id, current, dag_id=dag_id or "", run_id=run_id, dry_run=False)
+    return _plan_resume(hook, settings, entries, max_batches)
 
 
 def _descriptor(batch_number: int, batch_count: int, send_at: str, recipient_count: int) -> dict[str, Any]:
@@ -131,24 +184,38 @@ def _descriptor(batch_number: int, batch_count: int, send_at: str, recipient_cou
     }
 
 
-def _plan_resume(hook, settings: CampaignSettings) -> list[dict[str, Any]]:
+def _too_many_batches(campaign_id: str, batches: str, limit: int) -> AirflowFailException:
+    return AirflowFailException(
+        f"campaign {campaign_id!r} needs {batches} batches, more than one run can map "
+        f"([core] max_map_length = {limit:,}); nothing was kept or sent. Ways out: raise "
+        "[core] max_map_length (AIRFLOW__CORE__MAX_MAP_LENGTH, on the scheduler, API server and workers); "
+        "send larger batches (max_batch_size up to 1,000, where hourly_cap allows); or split the audience "
+        "into several campaigns (a table or view per part, each with its own campaign_id)."
+    )
+
+
+def _plan_resume(hook, settings: CampaignSettings, entries: list[dict[str, Any]], max_batches: int):
     """The campaign's unsent batches, with the same recipients and keys; passed slots re-placed.
 
     The audience is frozen at the first plan: the recipients table is not read again.
     """
     campaign_id = settings.campaign_id
-    entries = ledger.rows(hook, campaign_id)
-    if not entries:
-        raise AirflowFailException(
-            f"campaign {campaign_id!r} has no ledger to resume; plan and send it with mode=send first"
-        )
     pending = [r for r in entries if r["status"] not in ledger.SENT_STATUSES]
+    if not pending:
+        log.info(
+            "Every batch of campaign %s (%d) is already at the provider: nothing to send",
+            campaign_id,
+            len(entries),
+        )
+        return []
+    if len(pending) > max_batches:
+        raise _too_many_batches(campaign_id, f"{len(pending):,} unsent", max_batches)
     now = settings.start_at
     passed, kept = [], []
     for r in pending:
         (passed if hour_floor(_parse_utc(r["send_at"])) < hour_floor(now) else kept).append(r)
     # Slots are the account's: what is at the provider and the unsent batches kept in their slots count.
-    occupied = Counter(ledger.occupied_slots(hook, now))
+    occupied = Counter(ledger.occupied_slots(hook, now, campaign_id))
     for r in kept:
         occupied[_parse_utc(r["send_at"])] += r["recipient_count"]
     try:
@@ -170,8 +237,11 @@ def _plan_resume(hook, settings: CampaignSettings) -> list[dict[str, Any]]:
     return [_descriptor(r["batch_number"], len(entries), r["send_at"], r["recipient_count"]) for r in pending]
 
 
-def _plan_new(hook, settings: CampaignSettings, chunk_rows: int) -> list[dict[str, Any]]:
-    """Stream the recipients, screen them, stage them in batches, and write the planned ledger."""
+def _plan_new(
+    hook, settings: CampaignSettings, dag_id: str, run_id: str, chunk_rows: int, max_batches: int
+) -> list[dict[str, Any]]:
+    """Stream the recipients, screen them, stage them in batches, write the planned ledger, and
+    record the campaign's definition; an earlier plan that sent nothing is replaced."""
     from include.migosmtp.client import idempotency_key
 
     campaign_id = settings.campaign_id
@@ -185,10 +255,9 @@ def _plan_new(hook, settings: CampaignSettings, chunk_rows: int) -> list[dict[st
             )
     except WarehouseInputError as err:
         raise AirflowFailException(str(err)) from err
-    _refuse_resend(hook, campaign_id)
     _clear_unsent_plan(hook, campaign_id)
 
-    occupied = ledger.occupied_slots(hook, settings.start_at)
+    occupied = ledger.occupied_slots(hook, settings.start_at, campaign_id)
     packer = BatchPacker(settings.caps, settings.start_at, occupied)
     read = rejected = staged = 0
     open_batch_ids: list[str] = []
@@ -199,41 +268,53 @@ def _plan_new(hook, settings: CampaignSettings, chunk_rows: int) -> list[dict[st
         open_batch_ids.clear()
 
     sql = f"SELECT * FROM {quote_table(settings.recipients_table)} ORDER BY recipient_id, email"
-    for chunk in stream_frames(hook, sql, chunk_rows):
-        records = chunk.to_dict("records")
-        known_emails, known_ids = _already_staged(hook, campaign_id, records)
-        screened = screen_chunk(records, read + 1, known_emails, known_ids)
-        read += len(records)
-        staging_rows = []
-        for recipient in screened.accepted:
-            batch_number, closed = packer.assign()
-            if closed is not None:
-                write_planned(closed)
-            open_batch_ids.append(recipient.recipient_id)
-            staged += 1
-            staging_rows.append(
-                (
-                    campaign_id,
-                    batch_number,
-                    staged,
-                    recipient.recipient_id,
-                    recipient.email,
-                    json.dumps(recipient.variables, sort_keys=True),
+    try:
+        for chunk in stream_frames(hook, sql, chunk_rows):
+            records = chunk.to_dict("records")
+            known_emails, known_ids = _already_staged(hook, campaign_id, records)
+            screened = screen_chunk(records, read + 1, known_emails, known_ids)
+            read += len(records)
+            staging_rows = []
+            for recipient in screened.accepted:
+                batch_number, closed = packer.assign()
+                if batch_number > max_batches:
+                    raise _TooManyBatches
+                if closed is not None:
+                    write_planned(closed)
+                open_batch_ids.append(recipient.recipient_id)
+                staged += 1
+                staging_rows.append(
+                    (
+                        campaign_id,
+                        batch_number,
+                        staged,
+                        recipient.recipient_id,
+                        recipient.email,
+                        json.dumps(recipient.variables, sort_keys=True),
+                    )
                 )
+            insert_rows(
+                hook,
+                STAGING_TABLE,
+                staging_rows,
+                ("campaign_id", "batch_number", "position", "recipient_id", "email", "variables"),
             )
-        insert_rows(
-            hook,
-            STAGING_TABLE,
-            staging_rows,
-            ("campaign_id", "batch_number", "position", "recipient_id", "email", "variables"),
-        )
-        insert_rows(
-            hook,
-            REJECTED_TABLE,
-            [(campaign_id, r.source_row, r.recipient_id, r.email, r.reason) for r in screened.rejected],
-            ("campaign_id", "source_row", "recipient_id", "email", "reason"),
-        )
-        rejected += len(screened.rejected)
+            insert_rows(
+                hook,
+                REJECTED_TABLE,
+                [(campaign_id, r.source_row, r.recipient_id, r.email, r.reason) for r in screened.rejected],
+                ("campaign_id", "source_row", "recipient_id", "email", "reason"),
+            )
+            rejected += len(screened.rejected)
+    except _TooManyBatches:
+        # The count is only known by packing, so the partial plan is removed before anything is sent.
+        _clear_unsent_plan(hook, campaign_id)
+        sql = f"SELECT COUNT(*) AS n FROM {quote_table(settings.recipients_table)}"
+        rows = int(fetch_dicts(hook, sql, ())[0]["n"])
+        per_batch = staged / max_batches  # as packed so far; rejected rows make the estimate high
+        estimate = max(max_batches + 1, math.ceil(rows / per_batch))
+        needs = f"about {estimate:,} ({rows:,} rows, {per_batch:,.0f} recipients per batch so far)"
+        raise _too_many_batches(campaign_id, needs, max_batches) from None
     last = packer.finish()
     if last is not None:
         write_planned(last)
@@ -246,6 +327,9 @@ def _plan_new(hook, settings: CampaignSettings, chunk_rows: int) -> list[dict[st
             f"none of the {read} recipients in {settings.recipients_table!r} can be sent to; "
             f"the reasons are in {REJECTED_TABLE} (campaign_id {campaign_id!r})"
         )
+    definition.record(
+        hook, campaign_id, definition.of(settings), dag_id=dag_id, run_id=run_id, dry_run=settings.dry_run
+    )
     log.info(
         "Planned campaign %s: %d recipients read, %d rejected, %d staged in %d batches from %s to %s",
         campaign_id,
@@ -279,8 +363,16 @@ def _staged_recipients(hook, campaign_id: str, batch_number: int):
     return [Recipient(s["recipient_id"], s["email"], json.loads(s["variables"])) for s in staged]
 
 
-def send_batch(batch: dict[str, Any], params: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """Submit one planned batch, exactly once, and record the outcome in the ledger.
+def send_batch(
+    batch: dict[str, Any],
+    params: dict[str, Any],
+    run_id: str,
+    *,
+    dag_id: str | None = None,
+    logical_date: datetime | None = None,
+) -> dict[str, Any]:
+    """Submit one planned batch, exactly once, with the campaign's recorded definition, and record
+    the outcome in the ledger.
 
     Raises the client's errors so the retry policy can apply the article's error table;
     a 402 or 401 also halts the run, so batches not yet sent are not attempted.
@@ -294,14 +386,15 @@ def send_batch(batch: dict[str, Any], params: dict[str, Any], run_id: str) -> di
         build_payload,
     )
 
-    settings = _settings(params)
+    settings = _settings(params, dag_id, logical_date)
     campaign_id, number = settings.campaign_id, batch["batch_number"]
     if settings.dry_run:
         raise AirflowSkipException(f"dry run: batch {number} planned, not sent")
     hook = get_warehouse_hook()
     entry = ledger.row(hook, campaign_id, number)
-    if entry is None:
-        raise AirflowFailException(f"batch {number} of campaign {campaign_id!r} is not in the ledger")
+    recorded = definition.read(hook, campaign_id)
+    if entry is None or recorded is None:
+        raise AirflowFailException(f"batch {number} of campaign {campaign_id!r} was not planned")
     if entry["status"] in ledger.SENT_STATUSES:
         log.info(
             "Batch %d is already %s as %s; not sending again", number, entry["status"], entry["batch_id"]
@@ -328,11 +421,13 @@ def send_batch(batch: dict[str, Any], params: dict[str, Any], run_id: str) -> di
                     f"batch {number} has {len(recipients)} staged recipients but the ledger planned "
                     f"{entry['recipient_count']}; refusing to send a batch that changed"
                 )
+            # The recorded definition, not this run's Params: a resend must be what was first planned.
+            content = recorded["definition"]
             payload = build_payload(
-                from_email=settings.from_email,
-                subject=settings.subject,
-                html=settings.html_body,
-                text=settings.text_body,
+                from_email=content["from_email"],
+                subject=content["subject"],
+                html=content["html_body"],
+                text=content["text_body"],
                 recipients=recipients,
                 send_at=_parse_utc(entry["send_at"]),
                 tags=batch_tags(campaign_id, number),
@@ -363,9 +458,17 @@ def send_batch(batch: dict[str, Any], params: dict[str, Any], run_id: str) -> di
 # -- ledger -------------------------------------------------------------------------------------
 
 
-def close_ledger(params: dict[str, Any], planned: list[dict[str, Any]] | None, run_id: str) -> dict[str, Any]:
-    """Settle every batch's final status, log the summary, and fail the run if any batch is unsent."""
-    settings = _settings(params)
+def close_ledger(
+    params: dict[str, Any],
+    planned: list[dict[str, Any]] | None,
+    run_id: str,
+    *,
+    dag_id: str | None = None,
+    logical_date: datetime | None = None,
+) -> dict[str, Any]:
+    """Settle every batch's final status, log the summary, record the campaign's status, and fail
+    the run if any batch is unsent."""
+    settings = _settings(params, dag_id, logical_date)
     if planned is None:
         raise AirflowFailException("planning did not finish, so nothing was sent; see the plan task's log")
     campaign_id = settings.campaign_id
@@ -375,6 +478,7 @@ def close_ledger(params: dict[str, Any], planned: list[dict[str, Any]] | None, r
             hook, campaign_id, "the batch's task ended without recording an outcome; see its log"
         )
     summary = ledger.summarize(ledger.rows(hook, campaign_id))
+    campaign_status = definition.summarize(hook, campaign_id, summary, settings.dry_run)
     rejected = fetch_dicts(
         hook,
         f"SELECT COUNT(*) AS n FROM {REJECTED_TABLE} WHERE campaign_id = {hook.placeholder}",
@@ -382,14 +486,16 @@ def close_ledger(params: dict[str, Any], planned: list[dict[str, Any]] | None, r
     )[0]["n"]
     counts = {status: summary.by_status.get(status, 0) for status in ledger.STATUSES}
     log.info(
-        "Campaign %s: %d recipients read, %d rejected, %d batches (%d recipients): %s%s",
+        "Campaign %s (%s): %d recipients read, %d rejected, %d batches (%d recipients): %s%s%s",
         campaign_id,
+        campaign_status,
         summary.recipients + rejected,
         rejected,
         summary.batches,
         summary.recipients,
         ", ".join(f"{n} {status}" for status, n in counts.items()),
         " (dry run)" if settings.dry_run else "",
+        "; this run sent nothing: every batch was already at the provider" if planned == [] else "",
     )
     if summary.unsent:
         stop = halts.current(hook, campaign_id, run_id)
@@ -400,7 +506,7 @@ def close_ledger(params: dict[str, Any], planned: list[dict[str, Any]] | None, r
         )
         raise AirflowFailException(
             f"{len(summary.unsent)} of {summary.batches} batches were not sent ({cause}). Fix the cause, "
-            "then trigger mode=retry_failed for this campaign_id (or clear the failed send_batch tasks)."
+            "then clear this run (it finishes the campaign) or trigger mode=retry_failed for the campaign."
         )
     return {
         "campaign_id": campaign_id,

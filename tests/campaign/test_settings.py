@@ -269,3 +269,62 @@ class TestCampaignParams:
             campaign_params()[field].resolve(value)
         with pytest.raises(CampaignSettingsError, match=field):
             CampaignSettings.from_params(params(**{field: value}), now=NOW)
+
+
+class TestTheRunNamesItsCampaign:
+    MONDAY = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
+
+    def test_the_derived_id_is_the_dag_id_and_the_logical_date_in_utc(self):
+        from zoneinfo import ZoneInfo
+
+        from include.campaign.settings import derive_campaign_id
+
+        assert derive_campaign_id("weekly_newsletter", self.MONDAY) == "weekly_newsletter-20261207T0900Z"
+        berlin = self.MONDAY.astimezone(ZoneInfo("Europe/Berlin"))  # 10:00 there
+        assert derive_campaign_id("weekly_newsletter", berlin) == "weekly_newsletter-20261207T0900Z"
+
+    def test_an_empty_campaign_id_is_derived_from_the_run(self):
+        settings = CampaignSettings.from_params(
+            params(campaign_id=""), now=NOW, dag_id="weekly_newsletter", logical_date=self.MONDAY
+        )
+
+        assert settings.campaign_id == "weekly_newsletter-20261207T0900Z"
+
+    def test_a_given_campaign_id_wins_over_the_derived_one(self):
+        settings = CampaignSettings.from_params(
+            params(campaign_id="special"), now=NOW, dag_id="weekly_newsletter", logical_date=self.MONDAY
+        )
+
+        assert settings.campaign_id == "special"
+
+    @pytest.mark.parametrize("dag_id", [None, "weekly_newsletter"])
+    def test_an_empty_campaign_id_without_a_logical_date_is_refused(self, dag_id):
+        with pytest.raises(CampaignSettingsError, match="no logical date to name the campaign by"):
+            CampaignSettings.from_params(params(campaign_id=""), now=NOW, dag_id=dag_id, logical_date=None)
+
+    def test_a_derived_id_longer_than_100_characters_is_refused(self):
+        with pytest.raises(CampaignSettingsError, match="must be 1-100 letters"):
+            CampaignSettings.from_params(params(campaign_id=""), now=NOW, dag_id="d" * 90, logical_date=NOW)
+
+    def test_an_empty_start_at_is_the_logical_date(self):
+        settings = CampaignSettings.from_params(params(start_at=None), now=NOW, logical_date=self.MONDAY)
+
+        assert settings.start_at == self.MONDAY
+
+    @pytest.mark.parametrize("start_at", [None, "2026-11-02T09:00:00Z"])
+    def test_no_start_is_ever_before_now(self, start_at):
+        last_month = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)  # a backfilled week
+
+        settings = CampaignSettings.from_params(params(start_at=start_at), now=NOW, logical_date=last_month)
+
+        assert settings.start_at == NOW
+
+    def test_a_scheduled_dags_campaign_id_may_be_empty_and_a_manual_ones_may_not(self):
+        scheduled = ParamsDict(campaign_params(campaign_id_required=False))
+        manual = ParamsDict(campaign_params())
+
+        assert scheduled.validate()["campaign_id"] == ""
+        with pytest.raises(ParamValidationError):
+            manual.validate()
+        with pytest.raises(ParamValidationError, match="campaign_id"):
+            scheduled.update({"campaign_id": "bad id!"})

@@ -12,9 +12,9 @@ import pytest
 
 from demo.audience import create_recipients_table
 from include.campaign.ledger import rows as ledger_rows
-from tests.conftest import point_migosmtp_at
+from tests.conftest import DAY, point_migosmtp_at
 
-SMALL = {"max_batch_size": 10, "hourly_cap": 1000, "daily_cap": 1000, "start_at": "2026-12-01T09:00:00Z"}
+SMALL = {"max_batch_size": 10, "hourly_cap": 1000, "daily_cap": 1000, "start_at": f"{DAY}T09:00:00Z"}
 
 
 @pytest.fixture

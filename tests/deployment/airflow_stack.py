@@ -41,6 +41,7 @@ import requests
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "bulk_email_campaign"
 POOL = "migosmtp_api"
+PLANNING_POOL = "campaign_planning"
 POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 REDIS_URL = "redis://127.0.0.1:6379"
 API_USER = "deployer"
@@ -178,10 +179,28 @@ class AirflowApi:
     def pool(self, name: str) -> dict[str, Any]:
         return self.request("GET", f"/pools/{name}")
 
-    def trigger_dag_run(self, dag_id: str, conf: Mapping[str, Any]) -> str:
-        """What the UI's trigger form sends: no logical date (Airflow 3 manual runs), the conf."""
-        run = self.request("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": dict(conf)})
-        return run["dag_run_id"]
+    def trigger_dag_run(self, dag_id: str, conf: Mapping[str, Any], logical_date: str | None = None) -> str:
+        """What the UI's trigger form sends: the conf, and a logical date or none (Airflow 3 manual runs)."""
+        body = {"logical_date": logical_date, "conf": dict(conf)}
+        return self.request("POST", f"/dags/{dag_id}/dagRuns", json=body)["dag_run_id"]
+
+    def dag_runs(self, dag_id: str) -> list[dict[str, Any]]:
+        return self.request("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 100})["dag_runs"]
+
+    def create_backfill(
+        self, dag_id: str, from_date: str, to_date: str, reprocess_behavior: str, max_active_runs: int = 1
+    ) -> dict[str, Any]:
+        body = {
+            "dag_id": dag_id,
+            "from_date": from_date,
+            "to_date": to_date,
+            "reprocess_behavior": reprocess_behavior,
+            "max_active_runs": max_active_runs,
+        }
+        return self.request("POST", "/backfills", json=body)
+
+    def backfill(self, backfill_id: int) -> dict[str, Any]:
+        return self.request("GET", f"/backfills/{backfill_id}")
 
     def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
@@ -333,6 +352,7 @@ class AirflowStack:
         env = self._environment()
         self._run_cli("db-migrate", ["db", "migrate"], env, MIGRATE_TIMEOUT)
         self._run_cli("pools-set", ["pools", "set", POOL, str(self.pool_slots), "MigoSMTP API calls"], env)
+        self._run_cli("planning-pool", ["pools", "set", PLANNING_POOL, "1", "One plan at a time"], env)
 
         self._spawn(
             "api-server",
@@ -564,6 +584,38 @@ class AirflowStack:
             return f"task instances: {counts}"
 
         return self._wait_for("scheduler", f"run {run_id} to finish", finished, timeout, states)
+
+    def wait_for_backfill(self, backfill_id: int, timeout: float = 300.0) -> dict[str, Any]:
+        """Poll a backfill until the scheduler marks it complete (every one of its runs finished)."""
+
+        def completed() -> dict[str, Any] | None:
+            backfill = self.api.backfill(backfill_id)
+            return backfill if backfill["completed_at"] else None
+
+        return self._wait_for("scheduler", f"backfill {backfill_id} to complete", completed, timeout)
+
+    def wait_for_runs_to_settle(self, dag_id: str, appear_within: float = 45.0) -> list[dict[str, Any]]:
+        """Wait for the runs the scheduler starts on its own (a scheduled DAG's latest interval) to end.
+
+        Gives the scheduler ``appear_within`` seconds to create one; returns the runs, finished.
+        """
+        deadline = time.monotonic() + appear_within
+        while not self.api.dag_runs(dag_id) and time.monotonic() < deadline:
+            time.sleep(1)
+        for run in self.api.dag_runs(dag_id):
+            self.wait_for_dag_run(dag_id, run["dag_run_id"])
+        return self.api.dag_runs(dag_id)
+
+    def wait_for_dag(self, dag_id: str) -> dict[str, Any]:
+        def registered() -> dict[str, Any] | None:
+            try:
+                return self.api.dag(dag_id)
+            except ApiError as err:
+                if err.status == 404:
+                    return None
+                raise
+
+        return self._wait_for("dag-processor", f"DAG {dag_id} to be parsed", registered, DAG_PARSE_TIMEOUT)
 
     def describe_run(self, dag_id: str, run_id: str) -> str:
         """Every task instance that did not succeed, with the tail of its log: for assertion messages."""

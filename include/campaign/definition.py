@@ -1,0 +1,118 @@
+"""A campaign's definition, recorded at its first plan in ``email_campaigns`` and compared on every later run.
+
+The definition is what a batch's request is made of, or what decides which
+recipients share a batch: the recipients table, from, subject, the two bodies
+and max_batch_size. A resend under a batch's idempotency key must be
+byte-identical (the provider answers 409 otherwise, and a batch that never
+arrived would go out with other content under the same campaign), and the
+frozen audience was cut into batches of max_batch_size. The caps and start_at
+are left out: they are the account's and the operator's, and may rightly
+change between a failure and its resume (a plan upgrade, a later slot).
+dry_run and mode say what a run does, not what the campaign is.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from include.warehouse import CAMPAIGNS_TABLE, fetch_dicts, utc_now_text
+
+if TYPE_CHECKING:
+    from airflow.providers.common.sql.hooks.sql import DbApiHook
+
+    from include.campaign.ledger import LedgerSummary
+    from include.campaign.settings import CampaignSettings
+
+FIELDS = ("recipients_table", "from_email", "subject", "html_body", "text_body", "max_batch_size")
+
+# email_campaigns.status, a summary later work can read without the ledger.
+PLANNED, DRY_RUN, INCOMPLETE = "planned", "dry_run", "incomplete"
+SCHEDULED, DELIVERED = "scheduled", "delivered"
+
+
+def of(settings: CampaignSettings) -> dict[str, Any]:
+    values = {f: getattr(settings, f) for f in FIELDS if f != "max_batch_size"}
+    return {**values, "max_batch_size": settings.caps.max_batch_size}
+
+
+def differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The definition fields whose values differ, in FIELDS order."""
+    return [f for f in FIELDS if recorded.get(f) != current.get(f)]
+
+
+def record(
+    hook: DbApiHook,
+    campaign_id: str,
+    definition: dict[str, Any],
+    *,
+    dag_id: str,
+    run_id: str,
+    dry_run: bool,
+) -> None:
+    """Record (or replace, for a plan that sent nothing) the campaign's definition."""
+    now = utc_now_text()
+    hook.insert_rows(
+        CAMPAIGNS_TABLE,
+        [
+            (
+                campaign_id,
+                dag_id,
+                run_id,
+                json.dumps(definition, sort_keys=True),
+                int(dry_run),
+                DRY_RUN if dry_run else PLANNED,
+                "{}",
+                now,
+                now,
+            )
+        ],
+        target_fields=[
+            "campaign_id",
+            "dag_id",
+            "planned_by_run",
+            "definition",
+            "dry_run",
+            "status",
+            "batches_by_status",
+            "created_at",
+            "updated_at",
+        ],
+        replace=True,
+        replace_index=["campaign_id"],
+    )
+
+
+def read(hook: DbApiHook, campaign_id: str) -> dict[str, Any] | None:
+    """The campaign's row, its definition parsed; None if it was never planned."""
+    found = fetch_dicts(
+        hook, f"SELECT * FROM {CAMPAIGNS_TABLE} WHERE campaign_id = {hook.placeholder}", (campaign_id,)
+    )
+    if not found:
+        return None
+    row = found[0]
+    return {**row, "definition": json.loads(row["definition"]), "dry_run": bool(row["dry_run"])}
+
+
+def summarize(hook: DbApiHook, campaign_id: str, summary: LedgerSummary, dry_run: bool) -> str:
+    """Store the campaign's status and batches per status, from a ledger summary; returns the status."""
+    from include.campaign import ledger
+
+    by_status = summary.by_status
+    if dry_run:
+        status = DRY_RUN
+    elif summary.unsent:
+        status = INCOMPLETE
+    elif summary.batches and by_status.get(ledger.DELIVERED, 0) == summary.batches:
+        status = DELIVERED
+    elif summary.batches and sum(by_status.get(s, 0) for s in ledger.SENT_STATUSES) == summary.batches:
+        status = SCHEDULED
+    else:
+        status = PLANNED
+    p = hook.placeholder
+    hook.run(
+        f"UPDATE {CAMPAIGNS_TABLE} SET status = {p}, batches_by_status = {p}, updated_at = {p} "
+        f"WHERE campaign_id = {p}",
+        parameters=(status, json.dumps(by_status, sort_keys=True), utc_now_text(), campaign_id),
+    )
+    return status
