@@ -29,3 +29,15 @@ class TestHalt:
         # No schema: the insert fails for another reason, and no halt row exists to explain it.
         with pytest.raises(Exception, match="no such table|does not exist"):
             halts.halt(warehouse, "c1", "run-1", 1, "402")
+
+    def test_lifting_ends_only_that_runs_halt_and_a_later_error_halts_it_again(self, warehouse):
+        ensure_schema(warehouse)
+        halts.halt(warehouse, "c1", "run-1", 1, "401 invalid_api_key")
+        halts.halt(warehouse, "c1", "run-2", 1, "401 invalid_api_key")
+
+        assert halts.lift(warehouse, "c1", "run-1") is True
+
+        assert halts.current(warehouse, "c1", "run-1") is None
+        assert halts.current(warehouse, "c1", "run-2") is not None
+        assert halts.lift(warehouse, "c1", "run-1") is False
+        assert halts.halt(warehouse, "c1", "run-1", 2, "402 quota_exceeded") is True

@@ -1,0 +1,155 @@
+"""Recurring campaigns on a real LocalExecutor stack: backfills through the REST API, and two campaign
+DAGs planning at the same moment without breaking the account's caps."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from demo.audience import create_recipients_table
+from include.campaign.ledger import rows as ledger_rows
+from include.migosmtp.sandbox import SandboxProcess
+from include.warehouse import utc_text
+from tests.deployment.airflow_stack import DAG_ID, AirflowStack
+from tests.deployment.campaign_checks import API_KEY, VARIABLES
+
+pytestmark = pytest.mark.deployment
+
+WEEKLY = "weekly_newsletter"
+SUBSCRIBERS = 20
+
+
+def monday_0900(weeks_back: int) -> datetime:
+    now = datetime.now(UTC)
+    this_monday = (now - timedelta(days=now.weekday())).replace(hour=9, minute=0, second=0, microsecond=0)
+    return this_monday - timedelta(weeks=weeks_back)
+
+
+def campaign_of(dag_id: str, logical_date: datetime) -> str:
+    return f"{dag_id}-{logical_date:%Y%m%dT%H%MZ}"
+
+
+def posts(sandbox) -> list[dict]:
+    return [r for r in sandbox.requests() if r["method"] == "POST" and r["path"].startswith("/v1/")]
+
+
+def stack_for(tmp_path, sandbox, warehouse, parallelism: int = 4) -> AirflowStack:
+    return AirflowStack(
+        tmp_path / "stack",
+        executor="LocalExecutor",
+        parallelism=parallelism,
+        pool_slots=2,
+        connections={
+            "migosmtp_default": sandbox.airflow_connection(),
+            "warehouse_default": warehouse.connection,
+        },
+        variables=VARIABLES,
+    )
+
+
+def test_a_backfill_of_three_weeks_sends_each_once_and_its_failed_reprocess_finishes_the_failed_week(
+    tmp_path, postgres_warehouse
+):
+    hook = postgres_warehouse.hook
+    create_recipients_table(hook, "newsletter_subscribers", SUBSCRIBERS)
+    weeks = [monday_0900(4), monday_0900(3), monday_0900(2)]
+    window = {
+        "from_date": utc_text(weeks[0] - timedelta(hours=1)),
+        "to_date": utc_text(weeks[-1] + timedelta(hours=1)),
+    }
+
+    with (
+        SandboxProcess(tmp_path / "sandbox.db", api_key=API_KEY) as sandbox,
+        stack_for(tmp_path, sandbox, postgres_warehouse) as stack,
+    ):
+        stack.wait_for_dag(WEEKLY)
+        # Unpaused, the DAG's own schedule runs the latest Monday (catchup=False runs that one only).
+        # Let it finish first, so the fault below meets the backfill's first week.
+        scheduled = stack.wait_for_runs_to_settle(WEEKLY)
+        assert [r["run_type"] for r in scheduled] in ([], ["scheduled"])
+        sandbox.set_faults(
+            [{"action": "status", "status": 400, "message": "rejected for the test", "times": 1}]
+        )
+
+        first = stack.api.create_backfill(WEEKLY, reprocess_behavior="none", **window)
+        stack.wait_for_backfill(first["id"])
+        runs = {r["logical_date"][:16]: r for r in stack.api.dag_runs(WEEKLY) if r["run_type"] == "backfill"}
+        states = [runs[f"{w:%Y-%m-%dT%H:%M}"]["state"] for w in weeks]
+        assert states == ["failed", "success", "success"], stack.describe_run(
+            WEEKLY, runs[f"{weeks[0]:%Y-%m-%dT%H:%M}"]["dag_run_id"]
+        )
+
+        second = stack.api.create_backfill(WEEKLY, reprocess_behavior="failed", **window)
+        stack.wait_for_backfill(second["id"])
+        runs = {r["logical_date"][:16]: r for r in stack.api.dag_runs(WEEKLY) if r["run_type"] == "backfill"}
+        assert [runs[f"{w:%Y-%m-%dT%H:%M}"]["state"] for w in weeks] == ["success"] * 3
+        posts_after_reprocess = len(posts(sandbox))
+
+        third = stack.api.create_backfill(WEEKLY, reprocess_behavior="completed", **window)
+        stack.wait_for_backfill(third["id"])
+        runs = {r["logical_date"][:16]: r for r in stack.api.dag_runs(WEEKLY) if r["run_type"] == "backfill"}
+        assert [runs[f"{w:%Y-%m-%dT%H:%M}"]["state"] for w in weeks] == ["success"] * 3
+        record, requests = sandbox.record(), posts(sandbox)
+
+    # Reprocessing completed weeks scheduled no new recipient, and made no request.
+    assert len(requests) == posts_after_reprocess
+    for week in weeks:
+        campaign_id = campaign_of(WEEKLY, week)
+        batches = [b for b in record["batches"] if f"campaign:{campaign_id}" in b["tags"]]
+        received = Counter(r["to"] for b in batches for r in b["recipients"])
+        assert len(received) == SUBSCRIBERS and set(received.values()) == {1}, campaign_id
+        ledger = ledger_rows(hook, campaign_id)
+        assert {r["status"] for r in ledger} == {"scheduled"}
+        assert {r["batch_id"] for r in ledger} == {b["batch_id"] for b in batches}
+    # The failed week: one refused request, then the reprocess looked it up and sent it once.
+    first_week = [r for r in requests if campaign_of(WEEKLY, weeks[0]) in r["idempotency_key"]]
+    assert [r["status_code"] for r in first_week] == [400, 202]
+
+
+def test_two_campaign_dags_planning_together_hold_the_account_caps(tmp_path, postgres_warehouse):
+    hook = postgres_warehouse.hook
+    create_recipients_table(hook, "newsletter_subscribers", 30)
+    create_recipients_table(hook, "recipients", 30)
+    caps = {"max_batch_size": 10, "hourly_cap": 20, "daily_cap": 1000}
+    start_at = (datetime.now(UTC) + timedelta(days=7)).replace(hour=9, minute=0, second=0, microsecond=0)
+    weekly_date = monday_0900(weeks_back=3)
+
+    with (
+        SandboxProcess(tmp_path / "sandbox.db", api_key=API_KEY) as sandbox,
+        stack_for(tmp_path, sandbox, postgres_warehouse, parallelism=4) as stack,
+    ):
+        stack.wait_for_dag(WEEKLY)
+        stack.wait_for_runs_to_settle(WEEKLY)  # its own latest Monday, at the default caps
+        manual = stack.api.trigger_dag_run(
+            DAG_ID, {"campaign_id": "together", "start_at": utc_text(start_at), **caps}
+        )
+        weekly = stack.api.trigger_dag_run(
+            WEEKLY, {"start_at": utc_text(start_at), **caps}, logical_date=utc_text(weekly_date)
+        )
+        results = {
+            DAG_ID: stack.wait_for_dag_run(DAG_ID, manual),
+            WEEKLY: stack.wait_for_dag_run(WEEKLY, weekly),
+        }
+        assert {d: r["state"] for d, r in results.items()} == {DAG_ID: "success", WEEKLY: "success"}
+        plans = [
+            next(ti for ti in stack.api.task_instances(dag_id, run_id) if ti["task_id"] == "plan")
+            for dag_id, run_id in ((DAG_ID, manual), (WEEKLY, weekly))
+        ]
+        record = sandbox.record()
+
+    ours = {"together", campaign_of(WEEKLY, weekly_date)}
+    batches = [b for b in record["batches"] if {t.removeprefix("campaign:") for t in b["tags"]} & ours]
+    assert sum(b["recipient_count"] for b in batches) == 60
+    per_hour, per_day = Counter(), Counter()
+    for b in batches:
+        per_hour[b["send_at"][:13]] += b["recipient_count"]
+        per_day[b["send_at"][:10]] += b["recipient_count"]
+    assert max(per_hour.values()) <= caps["hourly_cap"], per_hour
+    assert max(per_day.values()) <= caps["daily_cap"], per_day
+    assert len(per_hour) == 3  # 60 recipients at 20 an hour, shared: not 30 + 30 in the same hours
+    # The planning pool let one plan run at a time, although both runs were started together.
+    first, second = sorted(plans, key=lambda ti: ti["start_date"])
+    assert first["end_date"] <= second["start_date"], (first, second)
+    assert {ti["pool"] for ti in plans} == {"campaign_planning"}
