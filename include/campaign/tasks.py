@@ -111,10 +111,6 @@ def max_map_length() -> int:
     return conf.getint("core", "max_map_length", fallback=1024)
 
 
-class _TooManyBatches(Exception):
-    pass
-
-
 def plan_campaign(
     params: dict[str, Any],
     *,
@@ -140,39 +136,53 @@ def plan_campaign(
     if run_id and halts.lift(hook, campaign_id, run_id):
         log.info("Run %s was halted and is planned again (cleared): its halt is lifted", run_id)
     entries = ledger.rows(hook, campaign_id)
-    recorded = definition.read(hook, campaign_id)
+    if settings.mode != RETRY_FAILED and not _was_attempted(entries):
+        return _plan_new(hook, settings, dag_id or "", run_id, chunk_rows, max_batches)
     current = definition.of(settings)
+    recorded = _resumable_definition(settings, entries, definition.read(hook, campaign_id), current)
+    if recorded is None:  # planned before email_campaigns existed: its definition is what this run says
+        definition.record(hook, campaign_id, current, dag_id=dag_id or "", run_id=run_id, dry_run=False)
+    return _plan_resume(hook, settings, entries, max_batches)
+
+
+def _resumable_definition(
+    settings: CampaignSettings,
+    entries: list[dict[str, Any]],
+    recorded: dict[str, Any] | None,
+    current: dict[str, Any],
+) -> dict[str, Any] | None:
+    """Check that this run may resume the campaign; returns its recorded row (None if it has none).
+
+    ``mode=retry_failed`` always sends what was first planned, whatever the run's Params say;
+    ``mode=send`` resumes only a campaign of the same definition, and never as a dry run.
+    """
+    campaign_id = settings.campaign_id
+    changed = definition.differences(recorded["definition"], current) if recorded else []
     if settings.mode == RETRY_FAILED:
         if not entries:
             raise AirflowFailException(
                 f"campaign {campaign_id!r} has no ledger to resume; plan and send it with mode=send first"
             )
-        if recorded is not None and definition.differences(recorded["definition"], current):
+        if changed:
             log.warning(
                 "mode=retry_failed sends campaign %s as first planned; the run's %s differ and are not used",
                 campaign_id,
-                ", ".join(definition.differences(recorded["definition"], current)),
+                ", ".join(changed),
             )
-    elif _was_attempted(entries):
-        if recorded is not None:
-            changed = definition.differences(recorded["definition"], current)
-            if changed:
-                raise AirflowFailException(
-                    f"campaign {campaign_id!r} was first planned (run {recorded['planned_by_run']}) with "
-                    f"another {', '.join(changed)}; a campaign's definition cannot change once it has sent. "
-                    "Rerun it with its first definition to finish it, or give the new one a new campaign_id."
-                )
-        if settings.dry_run:
-            raise AirflowFailException(
-                f"campaign {campaign_id!r} has already sent batches, so a dry run cannot plan it afresh; "
-                "use a new campaign_id to preview a new campaign"
-            )
-        log.info("Campaign %s was planned before with this definition: finishing it", campaign_id)
-    else:
-        return _plan_new(hook, settings, dag_id or "", run_id, chunk_rows, max_batches)
-    if recorded is None:  # planned before email_campaigns existed: its definition is what this run says
-        definition.record(hook, campaign_id, current, dag_id=dag_id or "", run_id=run_id, dry_run=False)
-    return _plan_resume(hook, settings, entries, max_batches)
+        return recorded
+    if changed:
+        raise AirflowFailException(
+            f"campaign {campaign_id!r} was first planned (run {recorded['planned_by_run']}) with "
+            f"another {', '.join(changed)}; a campaign's definition cannot change once it has sent. "
+            "Rerun it with its first definition to finish it, or give the new one a new campaign_id."
+        )
+    if settings.dry_run:
+        raise AirflowFailException(
+            f"campaign {campaign_id!r} has already sent batches, so a dry run cannot plan it afresh; "
+            "use a new campaign_id to preview a new campaign"
+        )
+    log.info("Campaign %s was planned before with this definition: finishing it", campaign_id)
+    return recorded
 
 
 def _descriptor(batch_number: int, batch_count: int, send_at: str, recipient_count: int) -> dict[str, Any]:
@@ -192,6 +202,17 @@ def _too_many_batches(campaign_id: str, batches: str, limit: int) -> AirflowFail
         "send larger batches (max_batch_size up to 1,000, where hourly_cap allows); or split the audience "
         "into several campaigns (a table or view per part, each with its own campaign_id)."
     )
+
+
+def _too_many_to_map(hook, settings: CampaignSettings, staged: int, limit: int) -> AirflowFailException:
+    """Remove the partial plan (the batch count is only known by packing) and say what it needs."""
+    _clear_unsent_plan(hook, settings.campaign_id)
+    sql = f"SELECT COUNT(*) AS n FROM {quote_table(settings.recipients_table)}"
+    rows = int(fetch_dicts(hook, sql, ())[0]["n"])
+    per_batch = staged / limit  # as packed so far; rejected rows make the estimate high
+    estimate = max(limit + 1, math.ceil(rows / per_batch))
+    needs = f"about {estimate:,} ({rows:,} rows, {per_batch:,.0f} recipients per batch so far)"
+    return _too_many_batches(settings.campaign_id, needs, limit)
 
 
 def _plan_resume(hook, settings: CampaignSettings, entries: list[dict[str, Any]], max_batches: int):
@@ -268,53 +289,43 @@ def _plan_new(
         open_batch_ids.clear()
 
     sql = f"SELECT * FROM {quote_table(settings.recipients_table)} ORDER BY recipient_id, email"
-    try:
-        for chunk in stream_frames(hook, sql, chunk_rows):
-            records = chunk.to_dict("records")
-            known_emails, known_ids = _already_staged(hook, campaign_id, records)
-            screened = screen_chunk(records, read + 1, known_emails, known_ids)
-            read += len(records)
-            staging_rows = []
-            for recipient in screened.accepted:
-                batch_number, closed = packer.assign()
-                if batch_number > max_batches:
-                    raise _TooManyBatches
-                if closed is not None:
-                    write_planned(closed)
-                open_batch_ids.append(recipient.recipient_id)
-                staged += 1
-                staging_rows.append(
-                    (
-                        campaign_id,
-                        batch_number,
-                        staged,
-                        recipient.recipient_id,
-                        recipient.email,
-                        json.dumps(recipient.variables, sort_keys=True),
-                    )
+    for chunk in stream_frames(hook, sql, chunk_rows):
+        records = chunk.to_dict("records")
+        known_emails, known_ids = _already_staged(hook, campaign_id, records)
+        screened = screen_chunk(records, read + 1, known_emails, known_ids)
+        read += len(records)
+        staging_rows = []
+        for recipient in screened.accepted:
+            batch_number, closed = packer.assign()
+            if batch_number > max_batches:
+                raise _too_many_to_map(hook, settings, staged, max_batches)
+            if closed is not None:
+                write_planned(closed)
+            open_batch_ids.append(recipient.recipient_id)
+            staged += 1
+            staging_rows.append(
+                (
+                    campaign_id,
+                    batch_number,
+                    staged,
+                    recipient.recipient_id,
+                    recipient.email,
+                    json.dumps(recipient.variables, sort_keys=True),
                 )
-            insert_rows(
-                hook,
-                STAGING_TABLE,
-                staging_rows,
-                ("campaign_id", "batch_number", "position", "recipient_id", "email", "variables"),
             )
-            insert_rows(
-                hook,
-                REJECTED_TABLE,
-                [(campaign_id, r.source_row, r.recipient_id, r.email, r.reason) for r in screened.rejected],
-                ("campaign_id", "source_row", "recipient_id", "email", "reason"),
-            )
-            rejected += len(screened.rejected)
-    except _TooManyBatches:
-        # The count is only known by packing, so the partial plan is removed before anything is sent.
-        _clear_unsent_plan(hook, campaign_id)
-        sql = f"SELECT COUNT(*) AS n FROM {quote_table(settings.recipients_table)}"
-        rows = int(fetch_dicts(hook, sql, ())[0]["n"])
-        per_batch = staged / max_batches  # as packed so far; rejected rows make the estimate high
-        estimate = max(max_batches + 1, math.ceil(rows / per_batch))
-        needs = f"about {estimate:,} ({rows:,} rows, {per_batch:,.0f} recipients per batch so far)"
-        raise _too_many_batches(campaign_id, needs, max_batches) from None
+        insert_rows(
+            hook,
+            STAGING_TABLE,
+            staging_rows,
+            ("campaign_id", "batch_number", "position", "recipient_id", "email", "variables"),
+        )
+        insert_rows(
+            hook,
+            REJECTED_TABLE,
+            [(campaign_id, r.source_row, r.recipient_id, r.email, r.reason) for r in screened.rejected],
+            ("campaign_id", "source_row", "recipient_id", "email", "reason"),
+        )
+        rejected += len(screened.rejected)
     last = packer.finish()
     if last is not None:
         write_planned(last)
