@@ -49,6 +49,15 @@ os.environ.update(
 )
 
 API_KEY = "test-key"
+
+
+def past_monday_0900(weeks_back: int) -> datetime:
+    """09:00 UTC on the Monday ``weeks_back`` weeks before this week's: a week a backfill would send."""
+    now = datetime.now(UTC)
+    this_monday = (now - timedelta(days=now.weekday())).replace(hour=9, minute=0, second=0, microsecond=0)
+    return this_monday - timedelta(weeks=weeks_back)
+
+
 # A UTC day a week ahead, and the next: campaigns never plan slots before now, so fixed dates would expire.
 DAY = f"{datetime.now(UTC) + timedelta(days=7):%Y-%m-%d}"
 NEXT_DAY = f"{datetime.now(UTC) + timedelta(days=8):%Y-%m-%d}"

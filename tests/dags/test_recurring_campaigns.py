@@ -11,31 +11,21 @@ REST API. Every assertion about what was sent reads the sandbox's own record.
 from __future__ import annotations
 
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 
 from demo.audience import create_recipients_table
 from include.campaign import definition
 from include.campaign.ledger import rows as ledger_rows
-from tests.conftest import FACTORY_DAG_ID, load_campaign_dag, point_migosmtp_at
+from include.campaign.settings import derive_campaign_id
+from tests.conftest import FACTORY_DAG_ID, load_campaign_dag, past_monday_0900, point_migosmtp_at
 
 WEEKLY = "weekly_newsletter"
 
 
-def monday_0900(weeks_back: int) -> datetime:
-    """09:00 UTC on a Monday ``weeks_back`` weeks before this week's: a week a backfill would send."""
-    now = datetime.now(UTC)
-    this_monday = (now - timedelta(days=now.weekday())).replace(hour=9, minute=0, second=0, microsecond=0)
-    return this_monday - timedelta(weeks=weeks_back)
-
-
 def run(dag_id: str, logical_date: datetime, **conf):
     return load_campaign_dag(dag_id).test(logical_date=logical_date, run_after=logical_date, run_conf=conf)
-
-
-def campaign_of(dag_id: str, logical_date: datetime) -> str:
-    return f"{dag_id}-{logical_date:%Y%m%dT%H%MZ}"
 
 
 def api_requests(sandbox):
@@ -62,8 +52,8 @@ def ready(airflow_db, clean_sandbox, warehouse):
 class TestWeeklyNewsletter:
     def test_a_past_week_is_sent_once_from_now_then_its_rerun_sends_nothing(self, ready, sandbox):
         create_recipients_table(ready, "newsletter_subscribers", 25)
-        logical_date = monday_0900(weeks_back=1)
-        campaign_id = campaign_of(WEEKLY, logical_date)
+        logical_date = past_monday_0900(weeks_back=1)
+        campaign_id = derive_campaign_id(WEEKLY, logical_date)
         this_hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 
         first = run(WEEKLY, logical_date)
@@ -86,17 +76,17 @@ class TestWeeklyNewsletter:
         create_recipients_table(ready, "newsletter_subscribers", 5)
 
         for weeks_back in (2, 1):
-            assert run(WEEKLY, monday_0900(weeks_back)).state == "success"
+            assert run(WEEKLY, past_monday_0900(weeks_back)).state == "success"
 
         for weeks_back in (2, 1):
-            campaign_id = campaign_of(WEEKLY, monday_0900(weeks_back))
+            campaign_id = derive_campaign_id(WEEKLY, past_monday_0900(weeks_back))
             assert_sent_once_and_ledger_is_the_sandbox(sandbox, ready, campaign_id, 5)
 
     def test_a_run_failed_by_5xx_and_cleared_after_the_api_recovers_finishes_the_campaign(
         self, ready, sandbox
     ):
         create_recipients_table(ready, "newsletter_subscribers", 25)
-        logical_date = monday_0900(weeks_back=1)
+        logical_date = past_monday_0900(weeks_back=1)
         sandbox.set_faults([{"action": "status", "status": 503, "times": 1000}])
 
         failed = run(WEEKLY, logical_date)
@@ -108,32 +98,36 @@ class TestWeeklyNewsletter:
 
         assert cleared.state == "success"
         assert cleared.run_id == failed.run_id
-        assert_sent_once_and_ledger_is_the_sandbox(sandbox, ready, campaign_of(WEEKLY, logical_date), 25)
+        assert_sent_once_and_ledger_is_the_sandbox(
+            sandbox, ready, derive_campaign_id(WEEKLY, logical_date), 25
+        )
 
     def test_a_run_halted_by_a_401_then_cleared_with_the_key_fixed_finishes_the_campaign(
         self, ready, sandbox, monkeypatch
     ):
         create_recipients_table(ready, "newsletter_subscribers", 30)
-        logical_date, conf = monday_0900(weeks_back=1), {"max_batch_size": 10}
+        logical_date, conf = past_monday_0900(weeks_back=1), {"max_batch_size": 10}
         point_migosmtp_at(monkeypatch, sandbox, password="wrong")
 
         halted = run(WEEKLY, logical_date, **conf)
 
         assert halted.state == "failed"
-        statuses = sorted(r["status"] for r in ledger_rows(ready, campaign_of(WEEKLY, logical_date)))
+        statuses = sorted(r["status"] for r in ledger_rows(ready, derive_campaign_id(WEEKLY, logical_date)))
         assert statuses == ["failed", "halted", "halted"]
         point_migosmtp_at(monkeypatch, sandbox)
         cleared = run(WEEKLY, logical_date, **conf)
 
         assert cleared.state == "success" and cleared.run_id == halted.run_id
-        assert_sent_once_and_ledger_is_the_sandbox(sandbox, ready, campaign_of(WEEKLY, logical_date), 30)
+        assert_sent_once_and_ledger_is_the_sandbox(
+            sandbox, ready, derive_campaign_id(WEEKLY, logical_date), 30
+        )
 
 
 class TestFactoryBuiltCampaign:
     def test_param_defaults_shape_what_is_sent_once_and_a_rerun_sends_nothing(self, ready, sandbox):
         create_recipients_table(ready, "members", 30)
         logical_date = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        campaign_id = campaign_of(FACTORY_DAG_ID, logical_date)
+        campaign_id = derive_campaign_id(FACTORY_DAG_ID, logical_date)
 
         first = run(FACTORY_DAG_ID, logical_date)
 

@@ -19,6 +19,7 @@ logs from disk).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -555,12 +556,12 @@ class AirflowStack:
     def _worker_ready(self, hostname: str) -> bool | None:
         return True if f"@{hostname} ready." in self.process(hostname).tail(400) else None
 
-    def _dag_registered(self) -> dict[str, Any] | None:
+    def _dag_registered(self, dag_id: str = DAG_ID) -> dict[str, Any] | None:
         errors = self.api.import_errors()
         if errors:
             raise _process_error(self.process("dag-processor"), f"import errors: {json.dumps(errors)[:3000]}")
         try:
-            return self.api.dag(DAG_ID)
+            return self.api.dag(dag_id)
         except ApiError as err:
             if err.status == 404:
                 return None
@@ -607,14 +608,7 @@ class AirflowStack:
         return self.api.dag_runs(dag_id)
 
     def wait_for_dag(self, dag_id: str) -> dict[str, Any]:
-        def registered() -> dict[str, Any] | None:
-            try:
-                return self.api.dag(dag_id)
-            except ApiError as err:
-                if err.status == 404:
-                    return None
-                raise
-
+        registered = functools.partial(self._dag_registered, dag_id)
         return self._wait_for("dag-processor", f"DAG {dag_id} to be parsed", registered, DAG_PARSE_TIMEOUT)
 
     def describe_run(self, dag_id: str, run_id: str) -> str:

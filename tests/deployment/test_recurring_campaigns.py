@@ -10,8 +10,10 @@ import pytest
 
 from demo.audience import create_recipients_table
 from include.campaign.ledger import rows as ledger_rows
+from include.campaign.settings import derive_campaign_id
 from include.migosmtp.sandbox import SandboxProcess
 from include.warehouse import utc_text
+from tests.conftest import past_monday_0900
 from tests.deployment.airflow_stack import DAG_ID, AirflowStack
 from tests.deployment.campaign_checks import API_KEY, VARIABLES
 
@@ -19,16 +21,6 @@ pytestmark = pytest.mark.deployment
 
 WEEKLY = "weekly_newsletter"
 SUBSCRIBERS = 20
-
-
-def monday_0900(weeks_back: int) -> datetime:
-    now = datetime.now(UTC)
-    this_monday = (now - timedelta(days=now.weekday())).replace(hour=9, minute=0, second=0, microsecond=0)
-    return this_monday - timedelta(weeks=weeks_back)
-
-
-def campaign_of(dag_id: str, logical_date: datetime) -> str:
-    return f"{dag_id}-{logical_date:%Y%m%dT%H%MZ}"
 
 
 def posts(sandbox) -> list[dict]:
@@ -54,7 +46,7 @@ def test_a_backfill_of_three_weeks_sends_each_once_and_its_failed_reprocess_fini
 ):
     hook = postgres_warehouse.hook
     create_recipients_table(hook, "newsletter_subscribers", SUBSCRIBERS)
-    weeks = [monday_0900(4), monday_0900(3), monday_0900(2)]
+    weeks = [past_monday_0900(4), past_monday_0900(3), past_monday_0900(2)]
     window = {
         "from_date": utc_text(weeks[0] - timedelta(hours=1)),
         "to_date": utc_text(weeks[-1] + timedelta(hours=1)),
@@ -96,7 +88,7 @@ def test_a_backfill_of_three_weeks_sends_each_once_and_its_failed_reprocess_fini
     # Reprocessing completed weeks scheduled no new recipient, and made no request.
     assert len(requests) == posts_after_reprocess
     for week in weeks:
-        campaign_id = campaign_of(WEEKLY, week)
+        campaign_id = derive_campaign_id(WEEKLY, week)
         batches = [b for b in record["batches"] if f"campaign:{campaign_id}" in b["tags"]]
         received = Counter(r["to"] for b in batches for r in b["recipients"])
         assert len(received) == SUBSCRIBERS and set(received.values()) == {1}, campaign_id
@@ -104,7 +96,7 @@ def test_a_backfill_of_three_weeks_sends_each_once_and_its_failed_reprocess_fini
         assert {r["status"] for r in ledger} == {"scheduled"}
         assert {r["batch_id"] for r in ledger} == {b["batch_id"] for b in batches}
     # The failed week: one refused request, then the reprocess looked it up and sent it once.
-    first_week = [r for r in requests if campaign_of(WEEKLY, weeks[0]) in r["idempotency_key"]]
+    first_week = [r for r in requests if derive_campaign_id(WEEKLY, weeks[0]) in r["idempotency_key"]]
     assert [r["status_code"] for r in first_week] == [400, 202]
 
 
@@ -114,7 +106,7 @@ def test_two_campaign_dags_planning_together_hold_the_account_caps(tmp_path, pos
     create_recipients_table(hook, "recipients", 30)
     caps = {"max_batch_size": 10, "hourly_cap": 20, "daily_cap": 1000}
     start_at = (datetime.now(UTC) + timedelta(days=7)).replace(hour=9, minute=0, second=0, microsecond=0)
-    weekly_date = monday_0900(weeks_back=3)
+    weekly_date = past_monday_0900(weeks_back=3)
 
     with (
         SandboxProcess(tmp_path / "sandbox.db", api_key=API_KEY) as sandbox,
@@ -139,7 +131,7 @@ def test_two_campaign_dags_planning_together_hold_the_account_caps(tmp_path, pos
         ]
         record = sandbox.record()
 
-    ours = {"together", campaign_of(WEEKLY, weekly_date)}
+    ours = {"together", derive_campaign_id(WEEKLY, weekly_date)}
     batches = [b for b in record["batches"] if {t.removeprefix("campaign:") for t in b["tags"]} & ours]
     assert sum(b["recipient_count"] for b in batches) == 60
     per_hour, per_day = Counter(), Counter()
