@@ -12,6 +12,7 @@ from collections import Counter
 import pytest
 
 from demo.audience import create_recipients_table, sample_rows
+from include.campaign import definition
 from include.campaign.ledger import rows as ledger_rows
 from tests.conftest import DAY, NEXT_DAY
 
@@ -333,3 +334,4 @@ class TestDeliveriesReachTheLedger:
         got = {batch_id: (delivered, bounced) for batch_id, delivered, bounced in rows}
         assert got == expected and sum(b for _, b in got.values()) > 0
         assert {r["status"] for r in ledger_rows(warehouse, "c1")} == {"delivered"}
+        assert definition.read(warehouse, "c1")["status"] == definition.DELIVERED
