@@ -1,11 +1,13 @@
 """Run one real campaign on the embedded default and print its ledger.
 
     python -m demo [--recipients 5000] [--bad-every 100] [--start-at 2026-12-01T00:00:00Z]
+                   [--dag bulk_email_campaign|weekly_newsletter]
 
 Seeds a SQLite warehouse under ``.demo/``, starts the MigoSMTP sandbox on
 loopback, points ``warehouse_default`` and ``migosmtp_default`` at them, runs
-the ``bulk_email_campaign`` DAG with ``dag.test()`` in a project-local
-AIRFLOW_HOME, then checks the ledger against what the sandbox received.
+the ``bulk_email_campaign`` DAG (or, with ``--dag weekly_newsletter``, last
+Monday's newsletter, the run its schedule makes) with ``dag.test()`` in a
+project-local AIRFLOW_HOME, then checks the ledger against what the sandbox received.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO_ROOT / ".demo"
 DEMO_API_KEY = "demo-key"
 DEMO_WEBHOOK_SECRET = "whsec_demo"
+MANUAL_DAG, WEEKLY_DAG = "bulk_email_campaign", "weekly_newsletter"
 
 
 def _start_webhook_receiver() -> str:
@@ -85,6 +88,12 @@ def _parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--hourly-cap", type=int, default=150)
     parser.add_argument("--daily-cap", type=int, default=1500)
+    parser.add_argument(
+        "--dag",
+        choices=[MANUAL_DAG, WEEKLY_DAG],
+        default=MANUAL_DAG,
+        help=f"{WEEKLY_DAG}: last Monday's run, its campaign named after that logical date",
+    )
     return parser.parse_args()
 
 
@@ -98,6 +107,7 @@ def main() -> int:
 
     from demo.audience import create_recipients_table
     from include.campaign import ledger
+    from include.campaign.settings import derive_campaign_id
     from include.migosmtp.sandbox import SandboxProcess
     from include.warehouse import fetch_dicts, get_warehouse_hook
 
@@ -107,15 +117,17 @@ def main() -> int:
         {"conn_type": "sqlite", "host": str(warehouse_path)}
     )
     hook = get_warehouse_hook()
-    create_recipients_table(hook, "recipients", args.recipients, args.bad_every)
-
-    campaign_id = "demo-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    conf = {
-        "campaign_id": campaign_id,
-        "hourly_cap": args.hourly_cap,
-        "daily_cap": args.daily_cap,
-        "start_at": args.start_at,
-    }
+    conf = {"hourly_cap": args.hourly_cap, "daily_cap": args.daily_cap, "start_at": args.start_at}
+    if args.dag == WEEKLY_DAG:
+        create_recipients_table(hook, "newsletter_subscribers", args.recipients, args.bad_every)
+        now = datetime.now(UTC)
+        monday = (now - timedelta(days=now.weekday())).replace(hour=9, minute=0, second=0, microsecond=0)
+        logical_date = monday if monday <= now else monday - timedelta(weeks=1)  # the latest that passed
+        campaign_id = derive_campaign_id(WEEKLY_DAG, logical_date)  # campaign_id is left empty
+    else:
+        create_recipients_table(hook, "recipients", args.recipients, args.bad_every)
+        logical_date = datetime.now(UTC)
+        campaign_id = conf["campaign_id"] = "demo-" + logical_date.strftime("%Y%m%dT%H%M%S")
     receiver_url = _start_webhook_receiver()
     os.environ["AIRFLOW_CONN_MIGOSMTP_WEBHOOK"] = json.dumps(
         {"conn_type": "generic", "password": DEMO_WEBHOOK_SECRET}
@@ -136,8 +148,11 @@ def main() -> int:
         if bag.import_errors:
             print(bag.import_errors, file=sys.stderr)
             return 1
-        print(f"Running bulk_email_campaign {json.dumps(conf)} against the sandbox at {sandbox.url} ...")
-        run = bag.get_dag("bulk_email_campaign").test(run_conf=conf)
+        print(
+            f"Running {args.dag} for {logical_date:%Y-%m-%dT%H:%MZ} {json.dumps(conf)} "
+            f"against the sandbox at {sandbox.url} ..."
+        )
+        run = bag.get_dag(args.dag).test(run_conf=conf, logical_date=logical_date)
         record = sandbox.record()
         # Fast-forward the sandbox past the last send_at: it delivers and posts the signed webhooks.
         print(f"Fast-forwarding the sandbox a week; webhooks go to {receiver_url} ...")

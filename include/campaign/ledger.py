@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset
 
-from include.warehouse import LEDGER_TABLE, fetch_dicts, utc_now_text, utc_text
+from include.warehouse import CAMPAIGNS_TABLE, LEDGER_TABLE, fetch_dicts, utc_now_text, utc_text
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -176,8 +176,6 @@ def occupied_slots(hook: DbApiHook, since: datetime, campaign_id: str) -> dict[d
     Planning runs one at a time (the planning pool), so two plans never book the same room.
     """
     from datetime import datetime
-
-    from include.warehouse import CAMPAIGNS_TABLE
 
     p = hook.placeholder
     hour = since.replace(minute=0, second=0, microsecond=0)
