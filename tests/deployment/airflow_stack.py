@@ -185,6 +185,10 @@ class AirflowApi:
         body = {"logical_date": logical_date, "conf": dict(conf)}
         return self.request("POST", f"/dags/{dag_id}/dagRuns", json=body)["dag_run_id"]
 
+    def clear_dag_run(self, dag_id: str, run_id: str) -> None:
+        """What the UI's Clear on a whole run does: every task instance again, in the same run."""
+        self.request("POST", f"/dags/{dag_id}/dagRuns/{run_id}/clear", json={"dry_run": False})
+
     def dag_runs(self, dag_id: str) -> list[dict[str, Any]]:
         return self.request("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 100})["dag_runs"]
 

@@ -145,3 +145,39 @@ def test_two_campaign_dags_planning_together_hold_the_account_caps(tmp_path, pos
     first, second = sorted(plans, key=lambda ti: ti["start_date"])
     assert first["end_date"] <= second["start_date"], (first, second)
     assert {ti["pool"] for ti in plans} == {"campaign_planning"}
+
+
+def test_a_halted_run_cleared_over_rest_once_the_quota_is_back_finishes_and_a_second_clear_sends_nothing(
+    tmp_path, postgres_warehouse
+):
+    hook = postgres_warehouse.hook
+    create_recipients_table(hook, "recipients", 30)
+    start_at = (datetime.now(UTC) + timedelta(days=7)).replace(hour=9, minute=0, second=0, microsecond=0)
+    conf = {"campaign_id": "cleared", "max_batch_size": 10, "hourly_cap": 1000, "daily_cap": 1000}
+
+    with (
+        SandboxProcess(tmp_path / "sandbox.db", api_key=API_KEY) as sandbox,
+        stack_for(tmp_path, sandbox, postgres_warehouse) as stack,
+    ):
+        sandbox.update_settings(monthly_limit=15)  # room for the first batch of 10 only: then 402
+        run_id = stack.api.trigger_dag_run(DAG_ID, {**conf, "start_at": utc_text(start_at)})
+        assert stack.wait_for_dag_run(DAG_ID, run_id)["state"] == "failed"
+        halted = {r["status"] for r in ledger_rows(hook, "cleared")}
+        assert "scheduled" in halted and halted & {"failed", "halted"}
+
+        sandbox.update_settings(monthly_limit=1000)  # the plan was upgraded
+        stack.api.clear_dag_run(DAG_ID, run_id)
+        cleared = stack.wait_for_dag_run(DAG_ID, run_id)
+        assert cleared["state"] == "success", stack.describe_run(DAG_ID, run_id)
+        posts_after_clear = len(posts(sandbox))
+
+        stack.api.clear_dag_run(DAG_ID, run_id)  # clearing a successful run
+        assert stack.wait_for_dag_run(DAG_ID, run_id)["state"] == "success"
+        record, requests = sandbox.record(), posts(sandbox)
+
+    assert len(requests) == posts_after_clear
+    received = Counter(r["to"] for b in record["batches"] for r in b["recipients"])
+    assert len(received) == 30 and set(received.values()) == {1}
+    ledger = ledger_rows(hook, "cleared")
+    assert {r["status"] for r in ledger} == {"scheduled"}
+    assert {r["batch_id"] for r in ledger} == {b["batch_id"] for b in record["batches"]}
