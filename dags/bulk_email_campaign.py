@@ -10,7 +10,4 @@ from __future__ import annotations
 # Keep this comment: Airflow only parses files that mention both "airflow" and "dag".
 from include.campaign.dag_factory import campaign_dag
 
-dag = campaign_dag(
-    "bulk_email_campaign",
-    description="Plan, send and record a MigoSMTP bulk campaign in rate-limited batches",
-)
+dag = campaign_dag("bulk_email_campaign")

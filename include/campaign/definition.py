@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from include.campaign import ledger
 from include.warehouse import CAMPAIGNS_TABLE, fetch_dicts, utc_now_text
 
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
 
-    from include.campaign.ledger import LedgerSummary
     from include.campaign.settings import CampaignSettings
 
 FIELDS = ("recipients_table", "from_email", "subject", "html_body", "text_body", "max_batch_size")
@@ -94,10 +94,8 @@ def read(hook: DbApiHook, campaign_id: str) -> dict[str, Any] | None:
     return {**row, "definition": json.loads(row["definition"]), "dry_run": bool(row["dry_run"])}
 
 
-def summarize(hook: DbApiHook, campaign_id: str, summary: LedgerSummary, dry_run: bool) -> str:
+def summarize(hook: DbApiHook, campaign_id: str, summary: ledger.LedgerSummary, dry_run: bool) -> str:
     """Store the campaign's status and batches per status, from a ledger summary; returns the status."""
-    from include.campaign import ledger
-
     by_status = summary.by_status
     if dry_run:
         status = DRY_RUN
