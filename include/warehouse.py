@@ -9,14 +9,15 @@ correctly in both.
 
 from __future__ import annotations
 
+import copy
+import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import closing
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import pandas as pd
     from airflow.providers.common.sql.hooks.sql import DbApiHook
 
 WAREHOUSE_CONN_ID = "warehouse_default"
@@ -134,6 +135,46 @@ def get_warehouse_hook(conn_id: str = WAREHOUSE_CONN_ID) -> DbApiHook:
     return hook
 
 
+class _SharedConnection:
+    """A DB-API connection that every hook call can share: ``close()`` does nothing, and the
+    autocommit mode ``one_connection`` gave it stays (psycopg refuses a change mid-transaction)."""
+
+    def __init__(self, conn: Any) -> None:
+        object.__setattr__(self, "_conn", conn)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name != "autocommit":
+            setattr(self._conn, name, value)
+
+    def close(self) -> None:
+        pass
+
+
+@contextmanager
+def one_connection(hook: DbApiHook) -> Iterator[DbApiHook]:
+    """The hook, with all its calls on one open connection, closed on exit.
+
+    A batch task makes a handful of statements; each common-sql call would otherwise open
+    (and, on PostgreSQL, authenticate) a connection of its own. Every statement still
+    commits on its own, so what the ledger records is durable at once.
+    """
+    conn = hook.get_conn()
+    if hook.supports_autocommit:
+        # Each statement commits at once, as with a connection per call: no transaction is left
+        # open between statements (or across an API request).
+        conn.autocommit = True
+    bound = copy.copy(hook)
+    shared = _SharedConnection(conn)
+    bound.get_conn = lambda: shared
+    try:
+        yield bound
+    finally:
+        conn.close()
+
+
 def quote_table(name: str) -> str:
     """Quote a ``[schema.]table`` name, refusing anything that is not a plain identifier."""
     parts = name.split(".")
@@ -165,22 +206,53 @@ def table_columns(hook: DbApiHook, table: str) -> list[str]:
         ) from err
 
 
-def stream_frames(hook: DbApiHook, sql: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    """Yield a query's rows as pandas DataFrames of ``chunk_rows``, holding one chunk at a time.
+def stream_rows(hook: DbApiHook, sql: str, chunk_rows: int) -> Iterator[tuple[list[str], list[tuple]]]:
+    """Yield a query's rows ``chunk_rows`` at a time as ``(column names, tuples)``, one chunk in memory.
 
-    Through the hook's SQLAlchemy engine with ``stream_results``: on PostgreSQL that is a
-    server-side cursor. (``DbApiHook.get_df_by_chunks`` reads through a plain DB-API cursor,
-    which psycopg fills with the whole result before pandas sees the first chunk.)
+    On its own connection, so the caller can write on another while it reads. On PostgreSQL
+    the cursor is a server-side one: a plain DB-API cursor makes psycopg fetch the whole
+    result before the first chunk. Rows are the driver's plain values (no pandas: it would
+    turn an INTEGER column with NULLs into floats, and costs a DataFrame per chunk).
     """
-    import pandas as pd
+    with closing(hook.get_conn()) as conn:
+        cursor = conn.cursor(name="stream_rows") if hook.dialect_name == "postgresql" else conn.cursor()
+        with closing(cursor) as cur:
+            if hook.dialect_name == "postgresql":
+                cur.itersize = chunk_rows
+            cur.execute(sql)
+            columns = [column[0] for column in cur.description]
+            while rows := cur.fetchmany(chunk_rows):
+                yield columns, rows
 
-    engine = hook.get_sqlalchemy_engine()
-    try:
-        with engine.connect() as connection:
-            streaming = connection.execution_options(stream_results=True, max_row_buffer=chunk_rows)
-            yield from pd.read_sql(sql, streaming, chunksize=chunk_rows)
-    finally:
-        engine.dispose()
+
+def bulk_insert(
+    conn: Any, placeholder: str, table: str, fields: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> None:
+    """Append rows on an open connection, in the caller's transaction: COPY on PostgreSQL
+    (psycopg 3), one ``executemany`` elsewhere."""
+    if not rows:
+        return
+    columns = ", ".join(fields)
+    with closing(conn.cursor()) as cur:
+        if hasattr(cur, "copy"):  # psycopg 3
+            with cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            cur.executemany(
+                f"INSERT INTO {table} ({columns}) VALUES ({', '.join([placeholder] * len(fields))})", rows
+            )
+
+
+def in_values(dialect: str, placeholder: str, column: str, values: Iterable[Any]) -> tuple[str, list[Any]]:
+    """``column IN (values)`` as one bound parameter where the database allows it (a JSON array
+    in SQLite, an array in PostgreSQL), so a chunk of tens of thousands stays one statement."""
+    values = list(values)
+    if dialect == "sqlite":
+        return f"{column} IN (SELECT value FROM json_each({placeholder}))", [json.dumps(values)]
+    if dialect == "postgresql":
+        return f"{column} = ANY({placeholder})", [values]
+    return f"{column} IN ({', '.join([placeholder] * len(values))})", values
 
 
 def placeholders(hook: DbApiHook, count: int) -> str:

@@ -1,8 +1,11 @@
 """Screen recipient rows: who can be sent to, and why the others cannot.
 
-Works on one chunk at a time. De-duplication across chunks asks the staging
-table (indexed by email and by recipient id) instead of keeping a growing set
-in memory, so planning memory stays flat however long the list is.
+Works on one chunk at a time, as the DB-API driver returns it (a list of
+tuples). De-duplication across chunks asks the staging table for this chunk's
+addresses and ids only (``screen_rows``' ``staged`` callable) instead of
+keeping a growing set in memory, so planning memory stays flat however long
+the list is. Cells are plain Python values; pandas and NumPy cells (a
+DataFrame's records) are understood too, without importing pandas here.
 """
 
 from __future__ import annotations
@@ -10,10 +13,11 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
-
-import pandas as pd
 
 REQUIRED_COLUMNS = ("recipient_id", "email")
 VARIABLES_COLUMN = "variables"
@@ -45,16 +49,69 @@ class ScreenedChunk:
     rejected: list[Rejection] = field(default_factory=list)
 
 
+@dataclass
+class ScreenedRows:
+    """A chunk screened for staging: accepted as ``(recipient_id, email, variables JSON)``."""
+
+    accepted: list[tuple[str, str, str]] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+# Variables are stored as JSON with sorted keys, exactly as json.dumps(..., sort_keys=True) writes
+# them. JSONEncoder.encode builds a new C encoder on every call, which costs more than encoding a
+# small dict; the C encoder is made once here instead (with the pure-Python one as a fallback).
+_VARIABLES_JSON = json.JSONEncoder(sort_keys=True)
+_c_encoder = getattr(json.encoder, "c_make_encoder", None)
+if _c_encoder is not None:
+    # The arguments JSONEncoder.iterencode passes: no circular check (flat values), ASCII, no
+    # indent, the default separators, sort_keys, no skipkeys, allow_nan.
+    _c_encode = _c_encoder(
+        None,
+        _VARIABLES_JSON.default,
+        json.encoder.encode_basestring_ascii,
+        None,
+        ": ",
+        ", ",
+        True,
+        False,
+        True,
+    )
+
+    def _encode_variables(variables: dict[str, Any]) -> str:
+        return "".join(_c_encode(variables, 0))
+else:  # pragma: no cover - CPython always has the C encoder
+    _encode_variables = _VARIABLES_JSON.encode
+_decode_json = json.JSONDecoder().decode
+# Looks up which of a chunk's emails and recipient ids earlier chunks staged.
+StagedLookup = Callable[[set[str], set[str]], tuple[set[str], set[str]]]
+
+
+def _is_pandas_null(value: Any) -> bool:
+    pd = sys.modules.get("pandas")  # a pandas null can only exist once pandas is imported
+    return pd is not None and (value is pd.NaT or value is pd.NA)
+
+
 def _scalar(value: Any) -> Any:
-    """A pandas/NumPy cell as a plain Python value; None for SQL NULL (None, NaN, NaT, NA)."""
-    if value is None or value is pd.NaT or value is pd.NA:
+    """A cell as a plain Python value; None for SQL NULL (None, NaN, pandas' NaT and NA).
+
+    A float that is a whole number becomes an int (an INTEGER column with NULLs arrives
+    in pandas as float: 30.0 means 30), and a Decimal a float, as pandas reads both.
+    """
+    if value is None:
+        return None
+    kind = type(value)
+    if kind is str or kind is int:  # nearly every cell: done
+        return value
+    if _is_pandas_null(value):
         return None
     if hasattr(value, "item"):  # NumPy scalar
         value = value.item()
+    if isinstance(value, Decimal):
+        value = float(value)
     if isinstance(value, float):
         if math.isnan(value):
             return None
-        if value.is_integer():  # an INTEGER column with NULLs arrives as float: 30.0 means 30
+        if value.is_integer():
             return int(value)
     return value
 
@@ -79,20 +136,99 @@ def is_valid_email(email: str) -> bool:
     return len(email) <= 254 and _EMAIL.fullmatch(email) is not None
 
 
-def _variables(row: dict[str, Any], extra_columns: list[str]) -> dict[str, Any]:
+def _variable(value: Any) -> Any:
+    """A template variable's value: JSON scalars as they are, anything else (a date) as text."""
+    kind = type(value)
+    if kind is str or kind is int:
+        return value
+    value = _scalar(value)
+    return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
+
+
+def _variables(row: Sequence[Any], extra: Sequence[tuple[str, int]], raw: Any) -> dict[str, Any]:
     """Extra columns are template variables; a JSON ``variables`` column adds (and wins over) them."""
     variables = {}
-    for column in extra_columns:
-        value = _scalar(row[column])
+    for column, index in extra:
+        value = _variable(row[index])
         if value is not None:
-            variables[column] = value if isinstance(value, (str, int, float, bool)) else str(value)
-    raw = _scalar(row.get(VARIABLES_COLUMN))
+            variables[column] = value
+    raw = _scalar(raw)
     if raw is not None:
-        parsed = raw if isinstance(raw, dict) else json.loads(raw)
+        parsed = raw if isinstance(raw, dict) else _decode_json(raw)
         if not isinstance(parsed, dict):
             raise ValueError("variables is not a JSON object")
         variables.update(parsed)
     return variables
+
+
+def screen_rows(
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    first_source_row: int,
+    staged: StagedLookup,
+) -> ScreenedRows:
+    """Split one chunk into sendable recipients and rejections with a reason.
+
+    ``staged`` is asked once, for the chunk's well-formed emails and ids, which of them
+    earlier chunks staged; duplicates within the chunk are caught here. The first of
+    two rows wins, and a row rejected for any reason reserves neither its email nor its id.
+    """
+    i_id, i_email = columns.index("recipient_id"), columns.index("email")
+    i_vars = columns.index(VARIABLES_COLUMN) if VARIABLES_COLUMN in columns else None
+    extra = [(c, i) for i, c in enumerate(columns) if c not in (*REQUIRED_COLUMNS, VARIABLES_COLUMN)]
+    # Pass 1, row by row but without look-ups: normalise, and reject what is missing or malformed.
+    checked: list[tuple[str | None, str | None, str | None]] = []
+    for row in rows:
+        raw_id, raw_email = row[i_id], row[i_email]
+        kind = type(raw_id)
+        if kind is int:
+            recipient_id = str(raw_id)
+        elif kind is str:
+            recipient_id = raw_id.strip() or None
+        else:
+            recipient_id = normalize_recipient_id(raw_id)
+        email = (raw_email.strip().lower() or None) if type(raw_email) is str else normalize_email(raw_email)
+        if recipient_id is None:
+            reason = "missing_recipient_id"
+        elif email is None:
+            reason = "missing_email"
+        elif len(email) > 254 or _EMAIL.fullmatch(email) is None:
+            reason = "invalid_email"
+        else:
+            reason = None
+        checked.append((recipient_id, email, reason))
+    # One set-based look-up for the whole chunk, then pass 2 in order: duplicates and variables.
+    seen_emails, seen_ids = staged(
+        {e for _, e, reason in checked if reason is None}, {i for i, _, reason in checked if reason is None}
+    )
+    screened = ScreenedRows()
+    for offset, (row, (recipient_id, email, reason)) in enumerate(zip(rows, checked, strict=True)):
+        if reason is None:
+            if recipient_id in seen_ids:
+                reason = "duplicate_recipient_id"
+            elif email in seen_emails:
+                reason = "duplicate_email"
+            else:
+                try:
+                    variables = _variables(row, extra, None if i_vars is None else row[i_vars])
+                    encoded = _encode_variables(variables)
+                except (ValueError, TypeError):
+                    reason = "invalid_variables"
+        if reason is not None:
+            raw_email = _scalar(row[i_email])
+            screened.rejected.append(
+                Rejection(
+                    first_source_row + offset,
+                    recipient_id,
+                    None if raw_email is None else str(raw_email),
+                    reason,
+                )
+            )
+            continue
+        seen_emails.add(email)
+        seen_ids.add(recipient_id)
+        screened.accepted.append((recipient_id, email, encoded))
+    return screened
 
 
 def screen_chunk(
@@ -101,41 +237,21 @@ def screen_chunk(
     known_emails: set[str],
     known_ids: set[str],
 ) -> ScreenedChunk:
-    """Split one chunk into sendable recipients and rejections with a reason.
+    """``screen_rows`` for rows as dicts (a DataFrame's records), with the staged keys given.
 
-    ``known_emails``/``known_ids`` are those already staged by earlier chunks
-    (looked up for this chunk only); duplicates within the chunk are caught too.
+    ``known_emails``/``known_ids`` are those already staged by earlier chunks; they are
+    not changed.
     """
-    extra_columns = [c for c in (rows[0] if rows else {}) if c not in (*REQUIRED_COLUMNS, VARIABLES_COLUMN)]
-    seen_emails, seen_ids = set(known_emails), set(known_ids)
-    screened = ScreenedChunk()
-    for offset, row in enumerate(rows):
-        source_row = first_source_row + offset
-        recipient_id = normalize_recipient_id(row["recipient_id"])
-        email = normalize_email(row["email"])
-        reason = None
-        if recipient_id is None:
-            reason = "missing_recipient_id"
-        elif email is None:
-            reason = "missing_email"
-        elif not is_valid_email(email):
-            reason = "invalid_email"
-        elif recipient_id in seen_ids:
-            reason = "duplicate_recipient_id"
-        elif email in seen_emails:
-            reason = "duplicate_email"
-        if reason is None:
-            try:
-                variables = _variables(row, extra_columns)
-            except (ValueError, TypeError):
-                reason = "invalid_variables"
-        if reason is not None:
-            raw_email = _scalar(row["email"])
-            screened.rejected.append(
-                Rejection(source_row, recipient_id, None if raw_email is None else str(raw_email), reason)
-            )
-            continue
-        seen_emails.add(email)
-        seen_ids.add(recipient_id)
-        screened.accepted.append(Recipient(recipient_id, email, variables))
-    return screened
+    # Extra columns are the first row's, as in a table; a variables value is read from every row.
+    columns = list(rows[0]) if rows else list(REQUIRED_COLUMNS)
+    if VARIABLES_COLUMN not in columns:
+        columns.append(VARIABLES_COLUMN)
+
+    def staged(emails: set[str], ids: set[str]) -> tuple[set[str], set[str]]:
+        return emails & known_emails, ids & known_ids
+
+    screened = screen_rows(columns, [[r.get(c) for c in columns] for r in rows], first_source_row, staged)
+    return ScreenedChunk(
+        [Recipient(i, e, json.loads(v)) for i, e, v in screened.accepted],
+        screened.rejected,
+    )

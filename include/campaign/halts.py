@@ -19,18 +19,16 @@ if TYPE_CHECKING:
 
 def halt(hook: DbApiHook, campaign_id: str, run_id: str, batch_number: int, reason: str) -> bool:
     """Halt the run. True for the batch whose error raised the halt, False if another batch did first."""
-    try:
-        hook.insert_rows(
-            HALTS_TABLE,
-            [(campaign_id, run_id, batch_number, reason[:2000], utc_now_text())],
-            target_fields=["campaign_id", "run_id", "batch_number", "reason", "halted_at"],
-        )
-    except Exception:
-        # A primary-key conflict (any driver's IntegrityError) means another batch halted first.
-        if current(hook, campaign_id, run_id) is None:
-            raise
-        return False
-    return True
+    p = hook.placeholder
+    # ON CONFLICT DO NOTHING (SQLite and PostgreSQL): the key decides, without an error that
+    # would abort a connection the task shares.
+    inserted = hook.run(
+        f"INSERT INTO {HALTS_TABLE} (campaign_id, run_id, batch_number, reason, halted_at) "
+        f"VALUES ({p}, {p}, {p}, {p}, {p}) ON CONFLICT (campaign_id, run_id) DO NOTHING",
+        parameters=(campaign_id, run_id, batch_number, reason[:2000], utc_now_text()),
+        handler=lambda cur: cur.rowcount,
+    )
+    return inserted == 1
 
 
 def current(hook: DbApiHook, campaign_id: str, run_id: str) -> dict | None:

@@ -33,7 +33,7 @@ STATUSES = (PLANNED, SCHEDULED, FAILED, HALTED, DELIVERED)
 # At the provider: nothing to resend. Every other status is resent by mode=retry_failed.
 SENT_STATUSES = (SCHEDULED, DELIVERED)
 
-_FIELDS = (
+FIELDS = (
     "campaign_id",
     "batch_number",
     "batch_id",
@@ -57,16 +57,11 @@ class LedgerSummary:
     unsent: list[dict[str, Any]]
 
 
-def upsert_planned(
-    hook: DbApiHook,
-    campaign_id: str,
-    batch_number: int,
-    key: str,
-    recipient_ids: Sequence[str],
-    send_at: datetime,
-) -> None:
-    now = utc_now_text()
-    row = (
+def planned_row(
+    campaign_id: str, batch_number: int, key: str, recipient_ids: Sequence[str], send_at: datetime, now: str
+) -> tuple:
+    """A ``planned`` ledger row, in ``FIELDS`` order."""
+    return (
         campaign_id,
         batch_number,
         None,
@@ -80,10 +75,20 @@ def upsert_planned(
         now,
         now,
     )
+
+
+def upsert_planned(
+    hook: DbApiHook,
+    campaign_id: str,
+    batch_number: int,
+    key: str,
+    recipient_ids: Sequence[str],
+    send_at: datetime,
+) -> None:
     hook.insert_rows(
         LEDGER_TABLE,
-        [row],
-        target_fields=list(_FIELDS),
+        [planned_row(campaign_id, batch_number, key, recipient_ids, send_at, utc_now_text())],
+        target_fields=list(FIELDS),
         replace=True,
         replace_index=["campaign_id", "batch_number"],
     )
@@ -91,7 +96,7 @@ def upsert_planned(
 
 def rows(hook: DbApiHook, campaign_id: str, with_recipient_ids: bool = False) -> list[dict[str, Any]]:
     """The campaign's ledger rows; recipient id lists only on request, as they grow with the audience."""
-    columns = ", ".join(f for f in _FIELDS if with_recipient_ids or f != "recipient_ids")
+    columns = ", ".join(f for f in FIELDS if with_recipient_ids or f != "recipient_ids")
     return fetch_dicts(
         hook,
         f"SELECT {columns} FROM {LEDGER_TABLE} WHERE campaign_id = {hook.placeholder} ORDER BY batch_number",

@@ -3,8 +3,8 @@
 The provider does not refuse volume beyond the plan's hourly or daily cap: it
 "overflows into queue" and goes out whenever the provider likes. Keeping each
 clock hour and each UTC day within its cap is therefore the client's job, and
-it is done here, one recipient at a time, so the caller can stream a list of
-any size through it without holding the list.
+it is done here, in arrival order and a chunk at a time, so the caller can
+stream a list of any size through it without holding the list.
 """
 
 from __future__ import annotations
@@ -103,23 +103,36 @@ class BatchPacker:
         self._start_at = start_at.astimezone(UTC)
         self._calendar = SlotCalendar(caps, occupied)
         self._slot = hour_floor(self._start_at)
-        self._open: Batch | None = None
+        self._open: Batch | None = None  # number and send_at; its count is _open_count
+        self._open_count = 0
         self._closed: list[Batch] = []
+
+    def take(self, count: int) -> list[tuple[int, int]]:
+        """Place ``count`` recipients in arrival order; returns ``(batch_number, recipients)`` runs.
+
+        The same packing as ``count`` calls of ``assign``, a run at a time: a chunk of
+        tens of thousands of recipients costs a few calls per batch, not one per recipient.
+        """
+        runs: list[tuple[int, int]] = []
+        while count > 0:
+            room = self._calendar.room(self._slot)
+            if self._open is None or self._open_count >= self._caps.max_batch_size or not room:
+                self._close_open_batch()
+                self._slot = self._calendar.first_slot_with_room(self._slot)
+                self._open = Batch(len(self._closed) + 1, max(self._slot, self._start_at), 0)
+                room = self._calendar.room(self._slot)
+            placed = min(count, self._caps.max_batch_size - self._open_count, room)
+            self._open_count += placed
+            self._calendar.take(self._slot, placed)
+            runs.append((self._open.batch_number, placed))
+            count -= placed
+        return runs
 
     def assign(self) -> tuple[int, Batch | None]:
         """Place one recipient. Returns its batch number and the batch this closed, if any."""
-        closed = None
-        if (
-            self._open is None
-            or self._open.recipient_count >= self._caps.max_batch_size
-            or not self._calendar.room(self._slot)
-        ):
-            closed = self._close_open_batch()
-            self._slot = self._calendar.first_slot_with_room(self._slot)
-            self._open = Batch(len(self._closed) + 1, max(self._slot, self._start_at), 0)
-        self._open = Batch(self._open.batch_number, self._open.send_at, self._open.recipient_count + 1)
-        self._calendar.take(self._slot, 1)
-        return self._open.batch_number, closed
+        closed_before = len(self._closed)
+        [(batch_number, _)] = self.take(1)
+        return batch_number, self._closed[-1] if len(self._closed) > closed_before else None
 
     def finish(self) -> Batch | None:
         """Close the last batch; returns it (or None when nothing was assigned)."""
@@ -131,9 +144,11 @@ class BatchPacker:
         return list(self._closed)
 
     def _close_open_batch(self) -> Batch | None:
-        closed, self._open = self._open, None
-        if closed is not None:
-            self._closed.append(closed)
+        if self._open is None:
+            return None
+        closed = Batch(self._open.batch_number, self._open.send_at, self._open_count)
+        self._open, self._open_count = None, 0
+        self._closed.append(closed)
         return closed
 
 
@@ -142,8 +157,7 @@ def plan_batches(
 ) -> list[Batch]:
     """Plan batches for a known number of recipients (the same packing, without a stream)."""
     packer = BatchPacker(caps, start_at, occupied)
-    for _ in range(recipient_count):
-        packer.assign()
+    packer.take(recipient_count)
     packer.finish()
     return packer.batches
 

@@ -10,22 +10,19 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections import Counter
 from datetime import datetime
+from itertools import islice
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from include.campaign import definition, halts, ledger
-from include.campaign.audience import (
-    REQUIRED_COLUMNS,
-    Recipient,
-    normalize_email,
-    normalize_recipient_id,
-    screen_chunk,
-)
-from include.campaign.planner import Batch, BatchPacker, hour_floor, place_whole_batches
+from include.campaign.audience import REQUIRED_COLUMNS, Recipient, screen_rows
+from include.campaign.planner import BatchPacker, hour_floor, place_whole_batches
 from include.campaign.settings import RETRY_FAILED, CampaignSettings, CampaignSettingsError
+from include.campaign.staging import PlanWriter
 from include.warehouse import (
     CAMPAIGNS_TABLE,
     REJECTED_TABLE,
@@ -34,17 +31,19 @@ from include.warehouse import (
     ensure_schema,
     fetch_dicts,
     get_warehouse_hook,
-    insert_rows,
-    placeholders,
+    one_connection,
     quote_table,
-    stream_frames,
+    stream_rows,
     table_columns,
+    utc_now_text,
     utc_text,
 )
 
 log = logging.getLogger(__name__)
 
-CHUNK_ROWS = 500
+# Rows read, screened and written per transaction: large enough that per-statement costs vanish,
+# small enough that memory stays flat (a chunk is a few MB).
+CHUNK_ROWS = 10_000
 
 
 def _settings(
@@ -79,29 +78,6 @@ def _clear_unsent_plan(hook, campaign_id: str) -> None:
         ],
         parameters=(campaign_id,),
     )
-
-
-def _already_staged(hook, campaign_id: str, rows: list[dict[str, Any]]) -> tuple[set[str], set[str]]:
-    """Emails and recipient ids of this chunk that earlier chunks staged.
-
-    One indexed look-up per key column (an OR of the two would make SQLite scan the
-    campaign's staged rows per chunk), each bounded by the chunk size.
-    """
-    emails = {e for e in (normalize_email(r["email"]) for r in rows) if e}
-    ids = {i for i in (normalize_recipient_id(r["recipient_id"]) for r in rows) if i}
-
-    def staged(column: str, values: set[str]) -> set[str]:
-        if not values:
-            return set()
-        found = fetch_dicts(
-            hook,
-            f"SELECT {column} FROM {STAGING_TABLE} WHERE campaign_id = {hook.placeholder} "
-            f"AND {column} IN ({placeholders(hook, len(values))})",
-            (campaign_id, *sorted(values)),
-        )
-        return {f[column] for f in found}
-
-    return staged("email", emails), staged("recipient_id", ids)
 
 
 def max_map_length() -> int:
@@ -281,54 +257,54 @@ def _plan_new(
     occupied = ledger.occupied_slots(hook, settings.start_at, campaign_id)
     packer = BatchPacker(settings.caps, settings.start_at, occupied)
     read = rejected = staged = 0
-    open_batch_ids: list[str] = []
+    written = 0  # closed batches already in the ledger
+    batch_ids: dict[int, list[str]] = {}  # recipient ids of the batches not yet in the ledger
+    overflow = None  # recipients staged in the first max_batches batches, once a plan needs more
 
-    def write_planned(batch: Batch) -> None:
-        key = idempotency_key(campaign_id, batch.batch_number)
-        ledger.upsert_planned(hook, campaign_id, batch.batch_number, key, open_batch_ids, batch.send_at)
-        open_batch_ids.clear()
+    def planned_rows() -> list[tuple]:
+        """Ledger rows of the batches closed since the last call, each with its recipient ids, once."""
+        nonlocal written
+        closed = packer.batches[written:]
+        written += len(closed)
+        now = utc_now_text()
+        return [
+            ledger.planned_row(
+                campaign_id,
+                b.batch_number,
+                idempotency_key(campaign_id, b.batch_number),
+                batch_ids.pop(b.batch_number),
+                b.send_at,
+                now,
+            )
+            for b in closed
+        ]
 
     sql = f"SELECT * FROM {quote_table(settings.recipients_table)} ORDER BY recipient_id, email"
-    for chunk in stream_frames(hook, sql, chunk_rows):
-        records = chunk.to_dict("records")
-        known_emails, known_ids = _already_staged(hook, campaign_id, records)
-        screened = screen_chunk(records, read + 1, known_emails, known_ids)
-        read += len(records)
-        staging_rows = []
-        for recipient in screened.accepted:
-            batch_number, closed = packer.assign()
-            if batch_number > max_batches:
-                raise _too_many_to_map(hook, settings, staged, max_batches)
-            if closed is not None:
-                write_planned(closed)
-            open_batch_ids.append(recipient.recipient_id)
-            staged += 1
-            staging_rows.append(
-                (
-                    campaign_id,
-                    batch_number,
-                    staged,
-                    recipient.recipient_id,
-                    recipient.email,
-                    json.dumps(recipient.variables, sort_keys=True),
-                )
-            )
-        insert_rows(
-            hook,
-            STAGING_TABLE,
-            staging_rows,
-            ("campaign_id", "batch_number", "position", "recipient_id", "email", "variables"),
-        )
-        insert_rows(
-            hook,
-            REJECTED_TABLE,
-            [(campaign_id, r.source_row, r.recipient_id, r.email, r.reason) for r in screened.rejected],
-            ("campaign_id", "source_row", "recipient_id", "email", "reason"),
-        )
-        rejected += len(screened.rejected)
-    last = packer.finish()
-    if last is not None:
-        write_planned(last)
+    with PlanWriter(hook, campaign_id) as writer:
+        for columns, rows in stream_rows(hook, sql, chunk_rows):
+            screened = screen_rows(columns, rows, read + 1, writer.staged)
+            read += len(rows)
+            runs = packer.take(len(screened.accepted))
+            if runs and runs[-1][0] > max_batches:
+                overflow = staged + sum(n for number, n in runs if number <= max_batches)
+                break
+            staging_rows = []
+            accepted = iter(screened.accepted)
+            for batch_number, count in runs:
+                ids = batch_ids.setdefault(batch_number, [])
+                for recipient_id, email, variables in islice(accepted, count):
+                    staged += 1
+                    ids.append(recipient_id)
+                    staging_rows.append((campaign_id, batch_number, staged, recipient_id, email, variables))
+            rejected_rows = [
+                (campaign_id, r.source_row, r.recipient_id, r.email, r.reason) for r in screened.rejected
+            ]
+            writer.write_chunk(staging_rows, rejected_rows, planned_rows())
+            rejected += len(screened.rejected)
+        if overflow is None and packer.finish() is not None:
+            writer.write_chunk([], [], planned_rows())
+    if overflow is not None:
+        raise _too_many_to_map(hook, settings, overflow, max_batches)
 
     if read == 0:
         raise AirflowFailException(f"table {settings.recipients_table!r} is empty: nothing to send")
@@ -388,6 +364,22 @@ def send_batch(
     Raises the client's errors so the retry policy can apply the article's error table;
     a 402 or 401 also halts the run, so batches not yet sent are not attempted.
     """
+    settings = _settings(params, dag_id, logical_date)
+    number = batch["batch_number"]
+    if settings.dry_run:
+        raise AirflowSkipException(f"dry run: batch {number} planned, not sent")
+    with one_connection(get_warehouse_hook()) as hook:
+        result, hold = _send_batch(hook, settings, number, run_id)
+    if hold:
+        # Keep this pool slot until the provider's rate window resets, so the next batch in it
+        # cannot be the request that crosses the limit (see RateWindow.hold_seconds).
+        log.info("Rate window nearly spent: holding this pool slot for %.0f s before the next batch", hold)
+        time.sleep(hold)
+    return result
+
+
+def _send_batch(hook, settings: CampaignSettings, number: int, run_id: str) -> tuple[dict[str, Any], float]:
+    """``send_batch`` on one warehouse connection; returns its result and how long to hold the slot."""
     from include.migosmtp.client import (
         InvalidApiKey,
         MigoSmtpClient,
@@ -395,13 +387,10 @@ def send_batch(
         QuotaExceeded,
         batch_tags,
         build_payload,
+        pause_after_send,
     )
 
-    settings = _settings(params, dag_id, logical_date)
-    campaign_id, number = settings.campaign_id, batch["batch_number"]
-    if settings.dry_run:
-        raise AirflowSkipException(f"dry run: batch {number} planned, not sent")
-    hook = get_warehouse_hook()
+    campaign_id = settings.campaign_id
     entry = ledger.row(hook, campaign_id, number)
     recorded = definition.read(hook, campaign_id)
     if entry is None or recorded is None:
@@ -410,7 +399,7 @@ def send_batch(
         log.info(
             "Batch %d is already %s as %s; not sending again", number, entry["status"], entry["batch_id"]
         )
-        return {"batch_number": number, "batch_id": entry["batch_id"], "resent": False}
+        return {"batch_number": number, "batch_id": entry["batch_id"], "resent": False}, 0.0
     stop = halts.current(hook, campaign_id, run_id)
     if stop is not None:
         reason = f"not sent: the run was halted by batch {stop['batch_number']}: {stop['reason']}"
@@ -419,6 +408,7 @@ def send_batch(
 
     client = MigoSmtpClient()
     key = entry["idempotency_key"]
+    hold = 0.0
     try:
         # An earlier attempt may have reached the provider without us hearing back: ask first.
         found = client.find_batch(key) if entry["attempts"] else None
@@ -446,6 +436,7 @@ def send_batch(
             ledger.record_attempt(hook, campaign_id, number)
             receipt = client.send_bulk(payload, key)
             batch_id = receipt.batch_id
+            hold = pause_after_send(receipt.rate_window)
             log.info(
                 "Batch %d: %d recipients scheduled for %s as %s%s",
                 number,
@@ -463,7 +454,7 @@ def send_batch(
         ledger.record_failure(hook, campaign_id, number, str(err))
         raise
     ledger.record_scheduled(hook, campaign_id, number, batch_id)
-    return {"batch_number": number, "batch_id": batch_id, "resent": True}
+    return {"batch_number": number, "batch_id": batch_id, "resent": True}, hold
 
 
 # -- ledger -------------------------------------------------------------------------------------

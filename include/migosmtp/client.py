@@ -8,6 +8,10 @@ from the ``migosmtp_default`` connection like any other Airflow HTTP call.
 
 from __future__ import annotations
 
+import functools
+import logging
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -24,11 +28,16 @@ if TYPE_CHECKING:
 
     from include.campaign.audience import Recipient
 
+log = logging.getLogger(__name__)
+
 MIGOSMTP_CONN_ID = "migosmtp_default"
 SEND_ENDPOINT = "/v1/email/send/bulk"
 BATCHES_ENDPOINT = "/v1/email/batches"
 REQUEST_TIMEOUT_SECONDS = 30.0
 DEFAULT_RATE_LIMIT_WAIT_SECONDS = 60.0
+# The API's windows are a minute; a reset further out than this is not a rate window we understand.
+MAX_RATE_WINDOW_SECONDS = 120.0
+RESERVE_VARIABLE = "migosmtp_rate_limit_reserve"
 
 
 class MigoSmtpError(Exception):
@@ -71,10 +80,83 @@ class MalformedResponse(MigoSmtpError):
 
 
 @dataclass(frozen=True)
+class RateWindow:
+    """The send endpoint's rate window as the last response's ``X-RateLimit-*`` headers told it."""
+
+    limit: int
+    remaining: int
+    reset_seconds: float
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str]) -> RateWindow | None:
+        try:
+            limit = int(headers["X-RateLimit-Limit"])
+            remaining = int(headers["X-RateLimit-Remaining"])
+            reset = float(headers["X-RateLimit-Reset"])
+        except (KeyError, ValueError):
+            return None  # no or unreadable headers: nothing to pace by
+        if limit < 1 or remaining < 0 or not 0 <= reset <= MAX_RATE_WINDOW_SECONDS:
+            return None
+        return cls(limit, remaining, reset)
+
+    @property
+    def largest_reserve(self) -> int:
+        """No reserve is larger than half the window: beyond that it would only waste the window."""
+        return max(1, self.limit // 2)
+
+    def hold_seconds(self, reserve: int | None = None) -> float:
+        """How long to keep this pool slot before the next request may use it: the rest of the
+        window once fewer than ``reserve`` requests remain in it, else 0.
+
+        Each batch task sends one request and then frees its slot, so holding the slot is what
+        paces the next one. With ``reserve`` at least the pool's slots, the requests other
+        slots may already have in flight still fit the window: no 429 of our own making.
+        The default reserve is a tenth of the limit (30 of 300), enough for a pool of 30.
+        """
+        reserve = max(1, math.ceil(self.limit / 10)) if reserve is None else reserve
+        return self.reset_seconds if self.remaining < min(reserve, self.largest_reserve) else 0.0
+
+
+def pause_after_send(window: RateWindow | None) -> float:
+    """Seconds a batch task keeps its pool slot after its send: 0 unless the window is nearly spent.
+
+    The reserve comes from the Variable ``migosmtp_rate_limit_reserve`` (for a ``migosmtp_api``
+    pool of more than 30 slots), read only when it could matter: in the window's second half.
+    """
+    if window is None or window.remaining >= window.largest_reserve:
+        return 0.0
+    return window.hold_seconds(_configured_reserve())
+
+
+def _configured_reserve() -> int | None:
+    from airflow.sdk import Variable
+
+    raw = Variable.get(RESERVE_VARIABLE, default=None)
+    if raw is None:
+        return None
+    try:
+        reserve = int(raw)
+    except (TypeError, ValueError):
+        reserve = 0
+    if reserve < 1:
+        # Read after the send, so it must not fail the batch: pace by the default instead.
+        log.warning(
+            "Variable %s must be a positive integer (at least the %s pool's slots), got %r; "
+            "pacing with a tenth of the rate limit instead",
+            RESERVE_VARIABLE,
+            "migosmtp_api",
+            raw,
+        )
+        return None
+    return reserve
+
+
+@dataclass(frozen=True)
 class SendReceipt:
     batch_id: str
     status: str
     replayed: bool
+    rate_window: RateWindow | None = None
 
 
 class _BearerAuth(AuthBase):
@@ -199,12 +281,16 @@ class MigoSmtpClient:
         self._conn_id = conn_id
         self._timeout = timeout
 
+    @functools.cached_property
+    def _extra(self) -> dict[str, Any]:
+        return MigoSmtpHook.get_connection(self._conn_id).extra_dejson
+
     def _request(self, method: str, endpoint: str, **kwargs: Any) -> requests.Response:
         hook = MigoSmtpHook(method=method, migosmtp_conn_id=self._conn_id)
         options: dict[str, Any] = {"check_response": False}
         if self._timeout is not None:
             options["timeout"] = self._timeout
-        elif "timeout" not in hook.get_connection(self._conn_id).extra_dejson:
+        elif "timeout" not in self._extra:
             options["timeout"] = REQUEST_TIMEOUT_SECONDS
         try:
             return hook.run(endpoint, extra_options=options, **kwargs)
@@ -229,7 +315,8 @@ class MigoSmtpClient:
                 response.status_code,
             )
         replayed = response.headers.get("Idempotent-Replayed", "").lower() == "true"
-        return SendReceipt(batch_id, str(body.get("status", "scheduled")), replayed)
+        status = str(body.get("status", "scheduled"))
+        return SendReceipt(batch_id, status, replayed, RateWindow.from_headers(response.headers))
 
     def get_batch(self, batch_id: str) -> dict[str, Any]:
         """A batch's live status and per-outcome ``counts``."""

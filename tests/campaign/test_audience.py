@@ -7,6 +7,7 @@ INTEGER column with a NULL arrives as float, a missing text cell as NaN).
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -341,3 +342,19 @@ class TestScreenChunkOnDataFrameRows:
         screened = screen_chunk(frame.to_dict("records"), 1, set(), set())
 
         assert [r.variables for r in screened.accepted] == [{"signed_up": "2026-01-02 00:00:00"}, {}]
+
+
+class TestVariablesJson:
+    @pytest.mark.parametrize(
+        "variables",
+        [
+            {},
+            {"b": 1, "a": "x"},
+            {"name": "Zoë 😀", "quote": 'say "hi"\n', "n": -3, "f": 2.5, "big": 1e300, "inf": float("inf")},
+            {"ok": True, "no": False, "none": None, "nested": {"z": [1, {"y": 2}], "a": {}}},
+        ],
+    )
+    def test_is_written_as_json_dumps_with_sorted_keys_writes_it(self, variables):
+        from include.campaign.audience import _encode_variables
+
+        assert _encode_variables(variables) == json.dumps(variables, sort_keys=True)

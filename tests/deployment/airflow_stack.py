@@ -185,6 +185,9 @@ class AirflowApi:
         body = {"logical_date": logical_date, "conf": dict(conf)}
         return self.request("POST", f"/dags/{dag_id}/dagRuns", json=body)["dag_run_id"]
 
+    def set_pool_slots(self, name: str, slots: int) -> None:
+        self.request("PATCH", f"/pools/{name}", params={"update_mask": "slots"}, json={"slots": slots})
+
     def clear_dag_run(self, dag_id: str, run_id: str) -> None:
         """What the UI's Clear on a whole run does: every task instance again, in the same run."""
         self.request("POST", f"/dags/{dag_id}/dagRuns/{run_id}/clear", json={"dry_run": False})
@@ -295,6 +298,7 @@ class AirflowStack:
         variables: Mapping[str, str] | None = None,
         celery_workers: int = 2,
         worker_concurrency: int = 2,
+        dags_folder: str | os.PathLike[str] | None = None,
     ) -> None:
         if parallelism < 2:
             raise ValueError("parallelism must be > 1: the tier checks tasks that run side by side")
@@ -311,6 +315,7 @@ class AirflowStack:
         self.variables = dict(variables or {})
         self.celery_workers = celery_workers if executor == "CeleryExecutor" else 0
         self.worker_concurrency = worker_concurrency
+        self.dags_folder = Path(dags_folder) if dags_folder is not None else REPO_ROOT / "dags"
         self.home = self.workdir / "airflow_home"
         self.logs = self.workdir / "logs"
         self.port = free_port()
@@ -425,7 +430,7 @@ class AirflowStack:
                 "PYTHONUNBUFFERED": "1",  # log files show what a process did before it died
                 "AIRFLOW__CORE__EXECUTOR": self.executor,
                 "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
-                "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
                 "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                 "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",

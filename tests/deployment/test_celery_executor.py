@@ -1,8 +1,8 @@
-"""The campaign on a real CeleryExecutor deployment: Redis broker, two workers, the rate limit biting."""
+"""The campaign on a real CeleryExecutor deployment: Redis broker, two workers, the rate limit paced."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -33,8 +33,8 @@ pytestmark = pytest.mark.deployment
 WORKERS = 2
 WORKER_CONCURRENCY = 2
 POOL_SLOTS = 2
-# Fewer sends allowed per minute than there are batches, so the limit is hit for real and the
-# 429 -> Retry-After -> retry path runs across workers; the sandbox's window is a fixed 60 s.
+# Fewer sends allowed per minute than there are batches, so the run must wait for the next
+# window; the sandbox's window is a fixed 60 s. (The 429 path itself: tests/dags.)
 REQUESTS_PER_MINUTE = 12
 RATE_WINDOW = timedelta(seconds=60)
 
@@ -43,22 +43,21 @@ def _at(request: dict) -> datetime:
     return datetime.fromisoformat(request["at"])
 
 
-def window_ends_of_refusals(sends: list[dict], first_window_start: datetime) -> dict[int, datetime]:
-    """When the sandbox's rate window that refused each 429'd request closed.
+def window_starts(sends: list[dict], first_window_start: datetime) -> list[datetime]:
+    """The start of the sandbox's rate window each send fell in.
 
     The sandbox counts fixed 60 s windows: the first from its reset, each later one from the
     first send after the previous window ended (include/migosmtp/sandbox/server.py RateLimiter).
     """
-    window_start, ends = first_window_start, {}
+    window_start, starts = first_window_start, []
     for r in sends:
         if _at(r) - window_start >= RATE_WINDOW:
             window_start = _at(r)
-        if r["status_code"] == 429:
-            ends[r["id"]] = window_start + RATE_WINDOW
-    return ends
+        starts.append(window_start)
+    return starts
 
 
-def test_a_campaign_on_two_celery_workers_is_sent_once_within_pool_and_rate_limit(
+def test_a_campaign_on_two_celery_workers_is_sent_once_within_pool_and_paced_to_the_rate_limit(
     tmp_path, postgres_warehouse
 ):
     create_recipients_table(postgres_warehouse.hook, "recipients", RECIPIENTS, bad_every=BAD_EVERY)
@@ -101,17 +100,11 @@ def test_a_campaign_on_two_celery_workers_is_sent_once_within_pool_and_rate_limi
     assert {t["hostname"] for t in report.send_tries} == set(hostnames)
     assert peak_concurrency(report.send_tries) <= POOL_SLOTS
 
-    # The rate limit was hit (more batches than the minute allows), but no 429 storm: each batch
-    # was refused at most once, and came back only once the window that refused it had closed
-    # (its Retry-After; 1 s of slack for the log's timestamps, taken after each request).
+    # More batches than a window allows, and not one 429: the tasks that saw the window nearly
+    # spent (X-RateLimit-Remaining below the reserve, 2 of 12 by default: the pool's 2 slots)
+    # held their slot until it reset, on either worker.
     sends = [r for r in requests if r["path"] == SEND_PATH]
-    assert {r["status_code"] for r in sends} == {202, 429}
-    window_ends = window_ends_of_refusals(sends, first_window_start)
-    by_key = defaultdict(list)
-    for r in sends:
-        by_key[r["idempotency_key"]].append(r)
-    refused = {key: rs for key, rs in by_key.items() if rs[0]["status_code"] == 429}
-    assert len(refused) == len(window_ends) <= BATCHES - REQUESTS_PER_MINUTE
-    for key, (refusal, *retries) in refused.items():
-        assert [r["status_code"] for r in retries] == [202], (key, refusal, retries)
-        assert _at(retries[0]) >= window_ends[refusal["id"]] - timedelta(seconds=1), (key, refusal, retries)
+    assert [r["status_code"] for r in sends] == [202] * BATCHES
+    per_window = Counter(window_starts(sends, first_window_start))
+    assert len(per_window) >= 2
+    assert max(per_window.values()) <= REQUESTS_PER_MINUTE

@@ -30,6 +30,7 @@ from include.migosmtp.client import (
     OutcomeUnknown,
     QuotaExceeded,
     RateLimited,
+    RateWindow,
     RequestRejected,
     SendReceipt,
     ServerError,
@@ -37,6 +38,7 @@ from include.migosmtp.client import (
     build_payload,
     idempotency_key,
     parse_retry_after,
+    pause_after_send,
 )
 
 API_KEY = "test-key"
@@ -173,6 +175,89 @@ class TestParseRetryAfter:
 
 
 # --- the hook ------------------------------------------------------------------------------------------
+
+
+class TestRateWindow:
+    HEADERS = {"X-RateLimit-Limit": "300", "X-RateLimit-Remaining": "40", "X-RateLimit-Reset": "17"}
+
+    def test_is_read_from_the_headers(self):
+        assert RateWindow.from_headers(self.HEADERS) == RateWindow(300, 40, 17.0)
+
+    @pytest.mark.parametrize(
+        "change",
+        [
+            {"X-RateLimit-Limit": None},
+            {"X-RateLimit-Remaining": "many"},
+            {"X-RateLimit-Reset": "-1"},
+            {"X-RateLimit-Reset": "1e14"},
+            {"X-RateLimit-Limit": "0"},
+            {"X-RateLimit-Remaining": "-3"},
+        ],
+    )
+    def test_missing_or_senseless_headers_give_nothing_to_pace_by(self, change):
+        headers = {k: v for k, v in {**self.HEADERS, **change}.items() if v is not None}
+
+        assert RateWindow.from_headers(headers) is None
+
+    @pytest.mark.parametrize(
+        ("remaining", "reserve", "hold"),
+        [(31, None, 0.0), (30, None, 0.0), (29, None, 17.0), (0, None, 17.0), (8, 8, 0.0), (7, 8, 17.0)],
+    )
+    def test_holds_the_slot_for_the_rest_of_the_window_once_fewer_than_the_reserve_remain(
+        self, remaining, reserve, hold
+    ):
+        # The default reserve is a tenth of the limit: 30 of 300.
+        assert RateWindow(300, remaining, 17.0).hold_seconds(reserve) == hold
+
+    def test_a_small_limit_still_keeps_one_in_reserve(self):
+        assert RateWindow(5, 0, 4.0).hold_seconds() == 4.0
+        assert RateWindow(5, 1, 4.0).hold_seconds() == 0.0
+
+    def test_a_send_reports_the_sandboxs_window(self, clean_sandbox):
+        clean_sandbox.update_settings(requests_per_minute=10)
+
+        first = MigoSmtpClient().send_bulk(make_payload(batch_number=1), idempotency_key("rw", 1))
+        second = MigoSmtpClient().send_bulk(make_payload(batch_number=2), idempotency_key("rw", 2))
+
+        assert (first.rate_window.limit, first.rate_window.remaining) == (10, 9)
+        assert second.rate_window.remaining == 8
+        assert 0 < second.rate_window.reset_seconds <= 60
+
+    def test_a_reserve_above_half_the_window_is_capped_there(self):
+        assert RateWindow(10, 5, 9.0).hold_seconds(8) == 0.0
+        assert RateWindow(10, 4, 9.0).hold_seconds(8) == 9.0
+
+
+class TestPauseAfterSend:
+    def test_no_headers_no_pause(self):
+        assert pause_after_send(None) == 0.0
+
+    def test_the_first_half_of_a_window_never_pauses_nor_reads_the_variable(self, monkeypatch):
+        monkeypatch.setenv("AIRFLOW_VAR_MIGOSMTP_RATE_LIMIT_RESERVE", "300")
+
+        assert pause_after_send(RateWindow(300, 150, 20.0)) == 0.0
+
+    def test_the_variable_sets_the_reserve(self, monkeypatch):
+        monkeypatch.setenv("AIRFLOW_VAR_MIGOSMTP_RATE_LIMIT_RESERVE", "64")
+
+        assert pause_after_send(RateWindow(300, 63, 20.0)) == 20.0
+        assert pause_after_send(RateWindow(300, 64, 20.0)) == 0.0
+
+    def test_without_the_variable_a_tenth_of_the_limit_is_kept(self, monkeypatch):
+        monkeypatch.delenv("AIRFLOW_VAR_MIGOSMTP_RATE_LIMIT_RESERVE", raising=False)
+
+        assert pause_after_send(RateWindow(300, 29, 20.0)) == 20.0
+        assert pause_after_send(RateWindow(300, 30, 20.0)) == 0.0
+
+    @pytest.mark.parametrize("value", ["0", "-1", "many", "2.5"])
+    def test_an_invalid_variable_is_named_in_a_warning_and_the_default_used(self, monkeypatch, caplog, value):
+        monkeypatch.setenv("AIRFLOW_VAR_MIGOSMTP_RATE_LIMIT_RESERVE", value)
+
+        with caplog.at_level(logging.WARNING, logger="include.migosmtp.client"):
+            assert pause_after_send(RateWindow(300, 29, 20.0)) == 20.0
+            assert pause_after_send(RateWindow(300, 30, 20.0)) == 0.0
+
+        assert "migosmtp_rate_limit_reserve" in caplog.text
 
 
 class TestMigoSmtpHook:

@@ -60,6 +60,8 @@ class Settings:
 
     api_key: str
     requests_per_minute: int = 300
+    # The rate window's length: the real API's is a minute; tests shorten it to watch pacing.
+    rate_window_seconds: float = 60.0
     monthly_limit: int = 30000
     monthly_used: int = 0
     hourly_limit: int = 150
@@ -80,7 +82,7 @@ class Settings:
     clock_offset_seconds: float = 0.0
 
     RATES = ("bounce_rate", "defer_rate", "complaint_rate", "webhook_duplicate_rate")
-    POSITIVE = ("webhook_retry_base_seconds", "webhook_retry_max_seconds")
+    POSITIVE = ("webhook_retry_base_seconds", "webhook_retry_max_seconds", "rate_window_seconds")
 
     @classmethod
     def check(cls, name: str, value: Any) -> None:
@@ -512,9 +514,8 @@ class FaultQueue:
 
 
 class RateLimiter:
-    """Fixed 60-second windows, started by the first request after the previous one ends."""
-
-    WINDOW = 60.0
+    """Fixed windows (a minute unless set shorter), started by the first request after the previous
+    one ends."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -525,27 +526,27 @@ class RateLimiter:
             self._start = time.monotonic()
             self._count = 0
 
-    def _roll(self, now: float) -> None:
-        if now - self._start >= self.WINDOW:
+    def _roll(self, now: float, window: float) -> None:
+        if now - self._start >= window:
             self._start, self._count = now, 0
 
-    def hit(self, limit: int) -> bool:
+    def hit(self, limit: int, window: float) -> bool:
         with self._lock:
-            self._roll(time.monotonic())
+            self._roll(time.monotonic(), window)
             if self._count >= limit:
                 return False
             self._count += 1
             return True
 
-    def retry_after(self) -> int:
+    def retry_after(self, window: float) -> int:
         """Whole seconds until the current window ends (at least 1)."""
         with self._lock:
             now = time.monotonic()
-            self._roll(now)
-            return max(1, math.ceil(self._start + self.WINDOW - now))
+            self._roll(now, window)
+            return max(1, math.ceil(self._start + window - now))
 
-    def headers(self, limit: int) -> dict[str, str]:
-        reset = self.retry_after()
+    def headers(self, limit: int, window: float) -> dict[str, str]:
+        reset = self.retry_after(window)
         with self._lock:
             remaining = max(0, limit - self._count)
         return {
@@ -783,11 +784,12 @@ class SandboxHandler(BaseHTTPRequestHandler):
 
     def _respond(self, resp: Response) -> None:
         data = resp.body if isinstance(resp.body, bytes) else json.dumps(resp.body).encode()
+        settings = self.server.settings
         self.send_response(resp.status)
         headers = {
             "Content-Type": "application/json",
             "Content-Length": str(len(data)),
-            **self.server.limiter.headers(self.server.settings.requests_per_minute),
+            **self.server.limiter.headers(settings.requests_per_minute, settings.rate_window_seconds),
             **resp.headers,
         }
         for name, value in headers.items():
@@ -799,9 +801,10 @@ class SandboxHandler(BaseHTTPRequestHandler):
 
     def _send_bulk(self, req: Request) -> Response:
         server = self.server
-        if not server.limiter.hit(server.settings.requests_per_minute):
+        window = server.settings.rate_window_seconds
+        if not server.limiter.hit(server.settings.requests_per_minute, window):
             resp = error(429, "rate_limited", "too many requests to the send endpoint")
-            resp.headers["Retry-After"] = str(server.limiter.retry_after())
+            resp.headers["Retry-After"] = str(server.limiter.retry_after(window))
             return resp
         key = self.headers.get("Idempotency-Key")
         if key is not None and not 1 <= len(key) <= 255:
