@@ -186,7 +186,9 @@ class AirflowApi:
         return self.request("POST", f"/dags/{dag_id}/dagRuns", json=body)["dag_run_id"]
 
     def set_pool_slots(self, name: str, slots: int) -> None:
-        self.request("PATCH", f"/pools/{name}", params={"update_mask": "slots"}, json={"slots": slots})
+        # The body must be a whole pool even though update_mask limits the change to its slots.
+        body = {"pool": name, "slots": slots, "include_deferred": self.pool(name)["include_deferred"]}
+        self.request("PATCH", f"/pools/{name}", params={"update_mask": "slots"}, json=body)
 
     def clear_dag_run(self, dag_id: str, run_id: str) -> None:
         """What the UI's Clear on a whole run does: every task instance again, in the same run."""
