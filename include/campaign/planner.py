@@ -9,6 +9,7 @@ stream a list of any size through it without holding the list.
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -70,6 +71,11 @@ class SlotCalendar:
         self._hours[slot] += count
         self._days[slot.date()] += count
 
+    def copy(self) -> SlotCalendar:
+        twin = SlotCalendar(self._caps)
+        twin._hours, twin._days = Counter(self._hours), Counter(self._days)
+        return twin
+
     def first_slot_with_room(self, slot: datetime, needed: int = 1) -> datetime:
         """The first hour from ``slot`` on with room for ``needed``; days without room are skipped whole."""
         if needed > min(self._caps.hourly_cap, self._caps.daily_cap):
@@ -127,6 +133,17 @@ class BatchPacker:
             runs.append((self._open.batch_number, placed))
             count -= placed
         return runs
+
+    def copy(self) -> BatchPacker:
+        """An independent packer in the same state: place a chunk on it, keep it once written."""
+        twin = copy.copy(self)
+        twin._calendar = self._calendar.copy()
+        twin._closed = list(self._closed)
+        return twin
+
+    @property
+    def closed_count(self) -> int:
+        return len(self._closed)
 
     def assign(self) -> tuple[int, Batch | None]:
         """Place one recipient. Returns its batch number and the batch this closed, if any."""

@@ -1,26 +1,62 @@
-"""Writing a new plan: the staged audience, its rejections and the planned ledger.
+"""Writing a new plan, a chunk at a time: the staged audience, its rejections and the planned ledger.
 
 One connection for the whole plan and one transaction per chunk: a chunk is
 staged, rejected and its closed batches written together, or not at all. The
-chunk's rows go in as one bulk load (COPY on PostgreSQL), and the look-up of
-what earlier chunks staged is one statement per key column, against the
-staging table's unique indexes, not a set held in memory.
+chunk's rows go in as one bulk load (COPY on PostgreSQL).
+
+De-duplication across chunks is left to the staging table's unique indexes
+(one row per email, one per recipient id in a campaign). A chunk is first
+screened as if nothing were staged and written; only if the indexes refuse it
+(a duplicate of an earlier chunk: rare, as the list is read in recipient_id
+order) is it rolled back and screened again against what earlier chunks
+staged, one set-based look-up per key column. Either way the chunk's first
+occurrence wins and later ones are rejected with their reason, so the plan is
+the same for any chunk size, and nothing about earlier chunks is held in memory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import closing
+from dataclasses import dataclass
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
+from include.campaign.audience import ScreenedRows, screen_rows
 from include.campaign.ledger import FIELDS as LEDGER_FIELDS
-from include.warehouse import LEDGER_TABLE, REJECTED_TABLE, STAGING_TABLE, bulk_insert, in_values
+from include.campaign.ledger import planned_row
+from include.campaign.planner import Batch, BatchPacker
+from include.warehouse import (
+    LEDGER_TABLE,
+    REJECTED_TABLE,
+    STAGING_TABLE,
+    bulk_insert,
+    in_values,
+    utc_now_text,
+)
 
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
 
 STAGING_FIELDS = ("campaign_id", "batch_number", "position", "recipient_id", "email", "variables")
 REJECTED_FIELDS = ("campaign_id", "source_row", "recipient_id", "email", "reason")
+
+
+class TooManyBatches(Exception):
+    """The plan needs more batches than allowed; ``staged`` recipients fit in the allowed ones."""
+
+    def __init__(self, staged: int) -> None:
+        super().__init__(f"more batches than allowed after {staged} recipients")
+        self.staged = staged
+
+
+def _nothing_staged(emails: set[str], ids: set[str]) -> tuple[set[str], set[str]]:
+    return set(), set()
+
+
+def _is_integrity_error(err: BaseException) -> bool:
+    """A DB-API IntegrityError of any driver (the spec names the class, not its module)."""
+    return any(cls.__name__ == "IntegrityError" for cls in type(err).__mro__)
 
 
 class PlanWriter:
@@ -43,9 +79,12 @@ class PlanWriter:
 
     def __exit__(self, *exc: object) -> None:
         try:
-            self._conn.rollback()  # nothing if the last chunk was committed
+            self.rollback()  # nothing if the last chunk was committed
         finally:
             self._conn.close()
+
+    def rollback(self) -> None:
+        self._conn.rollback()
 
     def staged(self, emails: set[str], ids: set[str]) -> tuple[set[str], set[str]]:
         """Which of these emails and recipient ids earlier chunks staged (``StagedLookup``)."""
@@ -75,3 +114,119 @@ class PlanWriter:
         bulk_insert(self._conn, self._placeholder, REJECTED_TABLE, REJECTED_FIELDS, rejected)
         bulk_insert(self._conn, self._placeholder, LEDGER_TABLE, LEDGER_FIELDS, planned)
         self._conn.commit()
+
+
+@dataclass
+class _Placed:
+    """A chunk placed on a copy of the plan so far: its rows, and the plan as it is once written."""
+
+    screened: ScreenedRows
+    packer: BatchPacker
+    staged: int
+    open_ids: dict[int, list[str]]
+    staging_rows: list[tuple]
+    overflow: int | None = None  # recipients that fit the allowed batches, if the chunk passes them
+
+
+class ChunkedPlan:
+    """A new plan, built a chunk at a time on a ``BatchPacker``; a context manager (its writer)."""
+
+    def __init__(
+        self,
+        hook: DbApiHook,
+        campaign_id: str,
+        packer: BatchPacker,
+        max_batches: int,
+        key_for: Callable[[str, int], str],
+    ) -> None:
+        self._campaign_id = campaign_id
+        self._packer = packer
+        self._max_batches = max_batches
+        self._key_for = key_for
+        self._writer = PlanWriter(hook, campaign_id)
+        self._open_ids: dict[int, list[str]] = {}  # recipient ids of batches not yet in the ledger
+        self.read = self.rejected = self.staged = 0
+
+    def __enter__(self) -> ChunkedPlan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._writer.__exit__(*exc)
+
+    @property
+    def batches(self) -> list[Batch]:
+        """The batches written so far (closed), in order."""
+        return self._packer.batches
+
+    def add(self, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Screen, place and write one chunk; raises ``TooManyBatches`` past ``max_batches``."""
+        first_source_row = self.read + 1
+        self.read += len(rows)
+        placed = self._place(columns, rows, first_source_row, _nothing_staged)
+        if placed.overflow is None:
+            try:
+                self._write(placed)
+                return
+            except Exception as err:
+                if not _is_integrity_error(err):
+                    raise
+                self._writer.rollback()  # a duplicate of an earlier chunk: screen against them
+        placed = self._place(columns, rows, first_source_row, self._writer.staged)
+        if placed.overflow is not None:
+            raise TooManyBatches(placed.overflow)
+        self._write(placed)
+
+    def finish(self) -> None:
+        """Close the last batch and write its ledger row."""
+        closed_before = self._packer.closed_count
+        if self._packer.finish() is not None:
+            self._writer.write_chunk([], [], self._ledger_rows(self._packer, closed_before, self._open_ids))
+
+    def _place(self, columns, rows, first_source_row, staged) -> _Placed:
+        screened = screen_rows(columns, rows, first_source_row, staged)
+        packer = self._packer.copy()
+        runs = packer.take(len(screened.accepted))
+        position = self.staged
+        if runs and runs[-1][0] > self._max_batches:
+            fit = sum(n for number, n in runs if number <= self._max_batches)
+            return _Placed(screened, packer, position, {}, [], overflow=position + fit)
+        open_ids = {number: list(ids) for number, ids in self._open_ids.items()}
+        staging_rows = []
+        accepted = iter(screened.accepted)
+        for batch_number, count in runs:
+            ids = open_ids.setdefault(batch_number, [])
+            for recipient_id, email, variables in islice(accepted, count):
+                position += 1
+                ids.append(recipient_id)
+                staging_rows.append(
+                    (self._campaign_id, batch_number, position, recipient_id, email, variables)
+                )
+        return _Placed(screened, packer, position, open_ids, staging_rows)
+
+    def _write(self, placed: _Placed) -> None:
+        campaign_id = self._campaign_id
+        rejected_rows = [
+            (campaign_id, r.source_row, r.recipient_id, r.email, r.reason) for r in placed.screened.rejected
+        ]
+        ledger_rows = self._ledger_rows(placed.packer, self._packer.closed_count, placed.open_ids)
+        self._writer.write_chunk(placed.staging_rows, rejected_rows, ledger_rows)
+        # Written: this is the plan now.
+        self._packer, self._open_ids, self.staged = placed.packer, placed.open_ids, placed.staged
+        self.rejected += len(placed.screened.rejected)
+
+    def _ledger_rows(
+        self, packer: BatchPacker, closed_before: int, open_ids: dict[int, list[str]]
+    ) -> list[tuple]:
+        """Planned ledger rows of the batches closed since ``closed_before``, each with its ids, once."""
+        now = utc_now_text()
+        return [
+            planned_row(
+                self._campaign_id,
+                b.batch_number,
+                self._key_for(self._campaign_id, b.batch_number),
+                open_ids.pop(b.batch_number),
+                b.send_at,
+                now,
+            )
+            for b in packer.batches[closed_before:]
+        ]

@@ -13,16 +13,15 @@ import math
 import time
 from collections import Counter
 from datetime import datetime
-from itertools import islice
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from include.campaign import definition, halts, ledger
-from include.campaign.audience import REQUIRED_COLUMNS, Recipient, screen_rows
+from include.campaign.audience import REQUIRED_COLUMNS, Recipient
 from include.campaign.planner import BatchPacker, hour_floor, place_whole_batches
 from include.campaign.settings import RETRY_FAILED, CampaignSettings, CampaignSettingsError
-from include.campaign.staging import PlanWriter
+from include.campaign.staging import ChunkedPlan, TooManyBatches
 from include.warehouse import (
     CAMPAIGNS_TABLE,
     REJECTED_TABLE,
@@ -35,7 +34,6 @@ from include.warehouse import (
     quote_table,
     stream_rows,
     table_columns,
-    utc_now_text,
     utc_text,
 )
 
@@ -256,59 +254,22 @@ def _plan_new(
 
     occupied = ledger.occupied_slots(hook, settings.start_at, campaign_id)
     packer = BatchPacker(settings.caps, settings.start_at, occupied)
-    read = rejected = staged = 0
-    written = 0  # closed batches already in the ledger
-    batch_ids: dict[int, list[str]] = {}  # recipient ids of the batches not yet in the ledger
-    overflow = None  # recipients staged in the first max_batches batches, once a plan needs more
-
-    def planned_rows() -> list[tuple]:
-        """Ledger rows of the batches closed since the last call, each with its recipient ids, once."""
-        nonlocal written
-        closed = packer.batches[written:]
-        written += len(closed)
-        now = utc_now_text()
-        return [
-            ledger.planned_row(
-                campaign_id,
-                b.batch_number,
-                idempotency_key(campaign_id, b.batch_number),
-                batch_ids.pop(b.batch_number),
-                b.send_at,
-                now,
-            )
-            for b in closed
-        ]
-
     sql = f"SELECT * FROM {quote_table(settings.recipients_table)} ORDER BY recipient_id, email"
-    with PlanWriter(hook, campaign_id) as writer:
-        for columns, rows in stream_rows(hook, sql, chunk_rows):
-            screened = screen_rows(columns, rows, read + 1, writer.staged)
-            read += len(rows)
-            runs = packer.take(len(screened.accepted))
-            if runs and runs[-1][0] > max_batches:
-                overflow = staged + sum(n for number, n in runs if number <= max_batches)
-                break
-            staging_rows = []
-            accepted = iter(screened.accepted)
-            for batch_number, count in runs:
-                ids = batch_ids.setdefault(batch_number, [])
-                for recipient_id, email, variables in islice(accepted, count):
-                    staged += 1
-                    ids.append(recipient_id)
-                    staging_rows.append((campaign_id, batch_number, staged, recipient_id, email, variables))
-            rejected_rows = [
-                (campaign_id, r.source_row, r.recipient_id, r.email, r.reason) for r in screened.rejected
-            ]
-            writer.write_chunk(staging_rows, rejected_rows, planned_rows())
-            rejected += len(screened.rejected)
-        if overflow is None and packer.finish() is not None:
-            writer.write_chunk([], [], planned_rows())
+    overflow = None
+    with ChunkedPlan(hook, campaign_id, packer, max_batches, idempotency_key) as plan:
+        try:
+            for columns, rows in stream_rows(hook, sql, chunk_rows):
+                plan.add(columns, rows)
+            plan.finish()
+        except TooManyBatches as err:
+            overflow = err.staged
     if overflow is not None:
         raise _too_many_to_map(hook, settings, overflow, max_batches)
+    read, rejected, staged = plan.read, plan.rejected, plan.staged
 
     if read == 0:
         raise AirflowFailException(f"table {settings.recipients_table!r} is empty: nothing to send")
-    batches = packer.batches
+    batches = plan.batches
     if not batches:
         raise AirflowFailException(
             f"none of the {read} recipients in {settings.recipients_table!r} can be sent to; "

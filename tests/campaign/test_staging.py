@@ -105,3 +105,22 @@ class TestPlanWriter:
                 {"r2"},
             )
             assert writer.staged(set(), set()) == (set(), set())
+
+
+class TestDuplicatesOfEarlierChunks:
+    def test_are_rejected_and_do_not_count_against_max_map_length(self, warehouse):
+        # 30 recipients, then 5 rows repeating the first five addresses (ids that sort last, so
+        # in the second chunk). Taken as new they would need a fourth batch of 10; they are not.
+        warehouse.run(["CREATE TABLE members (recipient_id INTEGER, email TEXT)"])
+        rows = [(n, f"u{n}@x.io") for n in range(1, 31)] + [(100 + n, f" U{n}@X.io") for n in range(1, 6)]
+        warehouse.insert_rows("members", rows, executemany=True)
+        params = {**PARAMS, "recipients_table": "members", "campaign_id": "c1", "max_batch_size": 10}
+        params.update(hourly_cap=1000, daily_cap=1000)
+
+        batches = plan_campaign(params, chunk_rows=20, max_batches=3)
+
+        assert [b["recipient_count"] for b in batches] == [10, 10, 10]
+        plan = written_plan(warehouse, "c1")
+        assert [(r["source_row"], r["reason"]) for r in plan["rejected"]] == [
+            (31 + n, "duplicate_email") for n in range(5)
+        ]
