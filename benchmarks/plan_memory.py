@@ -186,7 +186,7 @@ def main() -> None:
         print(f"warehouse: {args.warehouse}")
         print(
             f"{'recipients':>10} {'batches':>7} {'seconds':>8} {'rows/s':>8} {'RSS MiB':>8}"
-            + (f" {'naive s':>8} {'naive RSS':>9} {'speedup':>7}" if naive else "")
+            + (f" {'naive s':>8} {'naive RSS':>9} {'speedup':>7} {'RSS ratio':>9}" if naive else "")
         )
     results = []
     for size in args.sizes:
@@ -200,7 +200,10 @@ def main() -> None:
             f"{r['max_rss_mib']:>8}"
         )
         if naive:
-            line += f" {r['naive_seconds']:>8} {r['naive_max_rss_mib']:>9} {r['speedup']:>6}x"
+            line += (
+                f" {r['naive_seconds']:>8} {r['naive_max_rss_mib']:>9} {r['speedup']:>6}x"
+                f" {r['rss_ratio_naive_to_planner']:>8}x"
+            )
         print(line, flush=True)
     if not args.json and len(results) > 1:
         first, last = results[0], results[-1]

@@ -11,14 +11,17 @@ the REST API one after the other:
 - a campaign of N batches of 10 recipients, with caps that do not bind.
 
 A rate is tasks / (last mapped task's end - first one's start), in tasks per
-minute. Prints both rates, their ratio, and how many sends the sandbox
-answered 429.
+minute. Prints both rates, their ratio, how many sends the sandbox answered
+429, and the machine's CPU time per task over each run (every process: the
+stack, the tasks, PostgreSQL and the sandbox; from /proc/stat), which says
+what a batch costs beyond Airflow's own floor.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -57,6 +60,24 @@ def _rate(tis: list[dict], task_id: str) -> tuple[int, float]:
     return len(mapped), round(len(mapped) / (end - start).total_seconds() * 60, 1)
 
 
+def _cpu_seconds() -> float:
+    """Busy CPU time of the whole machine so far (user + nice + system + irq + softirq)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(f) for f in fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def _run_measured(stack: AirflowStack, dag_id: str, conf: dict, task_id: str) -> tuple[float, float]:
+    """Trigger and wait; (tasks per minute, machine CPU seconds per task over the whole run)."""
+    cpu = _cpu_seconds()
+    run_id = stack.api.trigger_dag_run(dag_id, conf)
+    run = stack.wait_for_dag_run(dag_id, run_id, timeout=1800)
+    if run["state"] != "success":
+        raise SystemExit(stack.describe_run(dag_id, run_id))
+    tasks, rate = _rate(stack.api.task_instances(dag_id, run_id), task_id)
+    return rate, round((_cpu_seconds() - cpu) / tasks, 3)
+
+
 def _wait_for_dag(stack: AirflowStack, dag_id: str, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -90,6 +111,7 @@ def main() -> None:
         os.environ["AIRFLOW_CONN_WAREHOUSE_DEFAULT"] = json.dumps(warehouse)
         from include.warehouse import get_warehouse_hook
 
+        logging.disable(logging.INFO)  # the seed's progress lines are not the benchmark's output
         create_recipients_table(get_warehouse_hook(), "recipients", args.batches * BATCH_SIZE)
         with (
             SandboxProcess(workdir / "sandbox.db", api_key="bench-key") as sandbox,
@@ -107,13 +129,13 @@ def main() -> None:
             _wait_for_dag(stack, PROBE_DAG_ID)
             if not args.json:
                 print(f"{args.batches} mapped tasks per run, LocalExecutor, parallelism {args.parallelism}")
-                print(f"{'pool':>4} {'no-op/min':>9} {'batches/min':>11} {'ratio':>6} {'429s':>5}")
+                print(
+                    f"{'pool':>4} {'no-op/min':>9} {'batches/min':>11} {'ratio':>6} {'429s':>5} "
+                    f"{'CPU s/no-op':>11} {'CPU s/batch':>11}"
+                )
             for pool in args.pools:
                 stack.api.set_pool_slots(API_POOL, pool)
-                probe_run = stack.api.trigger_dag_run(PROBE_DAG_ID, {"count": args.batches})
-                stack.wait_for_dag_run(PROBE_DAG_ID, probe_run, timeout=1800)
-                _, noop_rate = _rate(stack.api.task_instances(PROBE_DAG_ID, probe_run), "noop")
-
+                noop_rate, noop_cpu = _run_measured(stack, PROBE_DAG_ID, {"count": args.batches}, "noop")
                 sends_before = len(sandbox.requests())
                 conf = {
                     "campaign_id": f"send-rate-pool-{pool}",
@@ -123,28 +145,26 @@ def main() -> None:
                     "daily_cap": 10_000_000,
                     "start_at": first_slot().strftime("%Y-%m-%dT%H:%M:%SZ"),
                 }
-                run_id = stack.api.trigger_dag_run(DAG_ID, conf)
-                run = stack.wait_for_dag_run(DAG_ID, run_id, timeout=1800)
-                if run["state"] != "success":
-                    raise SystemExit(stack.describe_run(DAG_ID, run_id))
-                batches, batch_rate = _rate(stack.api.task_instances(DAG_ID, run_id), "send_batch")
+                batch_rate, batch_cpu = _run_measured(stack, DAG_ID, conf, "send_batch")
                 sends = [r for r in sandbox.requests()[sends_before:] if r["path"] == SEND_PATH]
                 result = {
                     "pool": pool,
                     "parallelism": args.parallelism,
-                    "tasks": batches,
+                    "tasks": args.batches,
                     "noop_per_min": noop_rate,
                     "batches_per_min": batch_rate,
                     "ratio": round(batch_rate / noop_rate, 2),
                     "sends": len(sends),
                     "rate_limited_429": sum(r["status_code"] == 429 for r in sends),
+                    "noop_cpu_s_per_task": noop_cpu,
+                    "batch_cpu_s_per_task": batch_cpu,
                 }
                 if args.json:
                     print(json.dumps(result), flush=True)
                 else:
                     print(
                         f"{pool:>4} {noop_rate:>9} {batch_rate:>11} {result['ratio']:>6} "
-                        f"{result['rate_limited_429']:>5}",
+                        f"{result['rate_limited_429']:>5} {noop_cpu:>11} {batch_cpu:>11}",
                         flush=True,
                     )
 
