@@ -11,7 +11,7 @@ from tests.conftest import REPO_ROOT
 
 
 def test_the_probe_maps_a_no_op_in_the_api_pool():
-    bag = DagBag(dag_folder=str(REPO_ROOT / "benchmarks" / "probe_dags"), include_examples=False)
+    bag = DagBag(dag_folder=str(REPO_ROOT / "benchmarks" / "probe_dags"))
 
     assert bag.import_errors == {}
     dag = bag.dags["noop_mapped_probe"]
