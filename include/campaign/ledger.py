@@ -77,23 +77,6 @@ def planned_row(
     )
 
 
-def upsert_planned(
-    hook: DbApiHook,
-    campaign_id: str,
-    batch_number: int,
-    key: str,
-    recipient_ids: Sequence[str],
-    send_at: datetime,
-) -> None:
-    hook.insert_rows(
-        LEDGER_TABLE,
-        [planned_row(campaign_id, batch_number, key, recipient_ids, send_at, utc_now_text())],
-        target_fields=list(FIELDS),
-        replace=True,
-        replace_index=["campaign_id", "batch_number"],
-    )
-
-
 def rows(hook: DbApiHook, campaign_id: str, with_recipient_ids: bool = False) -> list[dict[str, Any]]:
     """The campaign's ledger rows; recipient id lists only on request, as they grow with the audience."""
     columns = ", ".join(f for f in FIELDS if with_recipient_ids or f != "recipient_ids")

@@ -12,7 +12,8 @@ from include.warehouse import ensure_schema
 
 def planned_and_scheduled(hook, batch_number, batch_id, recipients):
     key = f"bulk-email:c1:batch-{batch_number}"
-    ledger.upsert_planned(hook, "c1", batch_number, key, recipients, datetime(2026, 12, 1, tzinfo=UTC))
+    row = ledger.planned_row("c1", batch_number, key, recipients, datetime(2026, 12, 1, tzinfo=UTC), "t")
+    hook.insert_rows(ledger.LEDGER_TABLE, [row], target_fields=list(ledger.FIELDS))
     ledger.record_scheduled(hook, "c1", batch_number, batch_id)
 
 

@@ -12,7 +12,8 @@ HOUR = NOW.replace(minute=0)
 
 
 def book(hook, campaign_id, number, send_at, count, status=ledger.PLANNED, dry_run=False):
-    ledger.upsert_planned(hook, campaign_id, number, f"k-{campaign_id}-{number}", ["r"] * count, send_at)
+    row = ledger.planned_row(campaign_id, number, f"k-{campaign_id}-{number}", ["r"] * count, send_at, "t")
+    hook.insert_rows(ledger.LEDGER_TABLE, [row], target_fields=list(ledger.FIELDS))
     if status == ledger.SCHEDULED:
         ledger.record_scheduled(hook, campaign_id, number, f"bat-{campaign_id}-{number}")
     elif status == ledger.FAILED:
