@@ -255,16 +255,8 @@ def in_values(dialect: str, placeholder: str, column: str, values: Iterable[Any]
     return f"{column} IN ({', '.join([placeholder] * len(values))})", values
 
 
-def placeholders(hook: DbApiHook, count: int) -> str:
-    return ", ".join([hook.placeholder] * count)
-
-
 def fetch_dicts(hook: DbApiHook, sql: str, parameters: Sequence[Any]) -> list[dict[str, Any]]:
     with closing(hook.get_conn()) as conn, closing(conn.cursor()) as cur:
         cur.execute(sql, parameters)
         names = [column[0] for column in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-
-
-def insert_rows(hook: DbApiHook, table: str, rows: Iterable[Sequence[Any]], fields: Sequence[str]) -> None:
-    hook.insert_rows(table, rows, target_fields=list(fields), executemany=True)

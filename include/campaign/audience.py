@@ -1,10 +1,10 @@
 """Screen recipient rows: who can be sent to, and why the others cannot.
 
 Works on one chunk at a time, as the DB-API driver returns it (a list of
-tuples). De-duplication across chunks asks the staging table for this chunk's
-addresses and ids only (``screen_rows``' ``staged`` callable) instead of
-keeping a growing set in memory, so planning memory stays flat however long
-the list is. Cells are plain Python values; pandas and NumPy cells (a
+tuples). What earlier chunks staged comes from the caller (``screen_rows``'
+``staged`` callable; the planner asks the staging table, see
+``campaign/staging.py``), never from a growing set in memory, so planning
+memory stays flat however long the list is. Cells are plain Python values; pandas and NumPy cells (a
 DataFrame's records) are understood too, without importing pandas here.
 """
 
