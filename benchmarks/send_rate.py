@@ -1,20 +1,25 @@
 """Batches sent per minute against Airflow's own floor, on the deployment tier's stack.
 
-    .venv/bin/python benchmarks/send_rate.py [--batches 300] [--pools 2 4 8] [--parallelism 8] [--json]
+    .venv/bin/python benchmarks/send_rate.py [--batches 300] [--pools 2 4 8] [--repeat 3]
+                                             [--parallelism 8] [--json]
 
 One real stack (LocalExecutor, PostgreSQL metadata and warehouse, the MigoSMTP
 sandbox at its 300 requests/min, as ``tests/deployment`` runs it). For each
-pool size, the ``migosmtp_api`` pool is set to it, then two runs go through
-the REST API one after the other:
+pool size, the ``migosmtp_api`` pool is set to it, then pairs of runs go
+through the REST API, ``--repeat`` pairs, each pair in the other order than
+the one before (so a drift in the machine weighs on both):
 - the probe DAG (``probe_dags/noop_mapped_probe.py``): N mapped tasks that do
   nothing, in the same pool: what Airflow itself costs per mapped task here;
 - a campaign of N batches of 10 recipients, with caps that do not bind.
 
 A rate is tasks / (last mapped task's end - first one's start), in tasks per
-minute. Prints both rates, their ratio, how many sends the sandbox answered
-429, and the machine's CPU time per task over each run (every process: the
-stack, the tasks, PostgreSQL and the sandbox; from /proc/stat), which says
-what a batch costs beyond Airflow's own floor.
+minute; one run's rate moves by a fifth from run to run here, which is why
+the figures are medians over the repeats (every run is in ``--json``'s
+``runs``). Prints both median rates, their ratio, how many sends the sandbox
+answered 429, and CPU seconds per task: the task processes' own (the
+LocalExecutor workers and the tasks they ran, from /proc/<pid>/stat), and the
+whole machine's (every process: the stack, PostgreSQL, the sandbox; from
+/proc/stat).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from statistics import median
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -67,15 +73,36 @@ def _cpu_seconds() -> float:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
-def _run_measured(stack: AirflowStack, dag_id: str, conf: dict, task_id: str) -> tuple[float, float]:
-    """Trigger and wait; (tasks per minute, machine CPU seconds per task over the whole run)."""
-    cpu = _cpu_seconds()
+def _task_cpu_seconds() -> float:
+    """CPU time so far of the LocalExecutor workers and of the task processes they reaped."""
+    total = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if not (proc / "cmdline").read_bytes().startswith(b"airflow worker -- LocalExecutor"):
+                continue
+            stat = (proc / "stat").read_text()
+        except OSError:  # the process ended meanwhile
+            continue
+        utime, stime, cutime, cstime = stat.rsplit(")", 1)[1].split()[11:15]
+        total += int(utime) + int(stime) + int(cutime) + int(cstime)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _run_measured(stack: AirflowStack, dag_id: str, conf: dict, task_id: str) -> dict[str, float]:
+    """Trigger and wait; tasks per minute, and task-process and machine CPU seconds per task."""
+    cpu, task_cpu = _cpu_seconds(), _task_cpu_seconds()
     run_id = stack.api.trigger_dag_run(dag_id, conf)
     run = stack.wait_for_dag_run(dag_id, run_id, timeout=1800)
     if run["state"] != "success":
         raise SystemExit(stack.describe_run(dag_id, run_id))
     tasks, rate = _rate(stack.api.task_instances(dag_id, run_id), task_id)
-    return rate, round((_cpu_seconds() - cpu) / tasks, 3)
+    return {
+        "per_min": rate,
+        "task_cpu_s": round((_task_cpu_seconds() - task_cpu) / tasks, 3),
+        "machine_cpu_s": round((_cpu_seconds() - cpu) / tasks, 3),
+    }
 
 
 def _wait_for_dag(stack: AirflowStack, dag_id: str, timeout: float = 120.0) -> None:
@@ -94,6 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batches", type=int, default=300)
     parser.add_argument("--pools", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--repeat", type=int, default=3, help="pairs of runs per pool; medians are printed")
     parser.add_argument("--parallelism", type=int, default=8)
     parser.add_argument("--json", action="store_true", help="one JSON object per line per pool size")
     args = parser.parse_args()
@@ -127,44 +155,58 @@ def main() -> None:
             ) as stack,
         ):
             _wait_for_dag(stack, PROBE_DAG_ID)
+            # Every run's campaign is new: a quota the runs could use up would refuse the later ones.
+            sandbox.update_settings(monthly_limit=1_000_000_000)
             if not args.json:
-                print(f"{args.batches} mapped tasks per run, LocalExecutor, parallelism {args.parallelism}")
+                print(
+                    f"{args.batches} mapped tasks per run, LocalExecutor, parallelism {args.parallelism}; "
+                    f"medians of {args.repeat} runs each; CPU s per task (task processes, all)"
+                )
                 print(
                     f"{'pool':>4} {'no-op/min':>9} {'batches/min':>11} {'ratio':>6} {'429s':>5} "
-                    f"{'CPU s/no-op':>11} {'CPU s/batch':>11}"
+                    f"{'task:no-op':>8} {'batch':>8} {'all:no-op':>8} {'batch':>8}   runs (no-op  batches)"
                 )
             for pool in args.pools:
                 stack.api.set_pool_slots(API_POOL, pool)
-                noop_rate, noop_cpu = _run_measured(stack, PROBE_DAG_ID, {"count": args.batches}, "noop")
-                sends_before = len(sandbox.requests())
-                conf = {
-                    "campaign_id": f"send-rate-pool-{pool}",
-                    "recipients_table": "recipients",
-                    "max_batch_size": BATCH_SIZE,
-                    "hourly_cap": 1_000_000,
-                    "daily_cap": 10_000_000,
-                    "start_at": first_slot().strftime("%Y-%m-%dT%H:%M:%SZ"),
-                }
-                batch_rate, batch_cpu = _run_measured(stack, DAG_ID, conf, "send_batch")
-                sends = [r for r in sandbox.requests()[sends_before:] if r["path"] == SEND_PATH]
+                noops, batches, sends = [], [], []
+                for repeat in range(args.repeat):
+                    conf = {
+                        "campaign_id": f"send-rate-pool-{pool}-{repeat}",
+                        "recipients_table": "recipients",
+                        "max_batch_size": BATCH_SIZE,
+                        "hourly_cap": 1_000_000,
+                        "daily_cap": 10_000_000,
+                        "start_at": first_slot().strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    }
+                    for which in ("noop", "batch") if repeat % 2 == 0 else ("batch", "noop"):
+                        if which == "noop":
+                            noops.append(_run_measured(stack, PROBE_DAG_ID, {"count": args.batches}, "noop"))
+                        else:
+                            sends_before = len(sandbox.requests())
+                            batches.append(_run_measured(stack, DAG_ID, conf, "send_batch"))
+                            sends += [r for r in sandbox.requests()[sends_before:] if r["path"] == SEND_PATH]
                 result = {
                     "pool": pool,
                     "parallelism": args.parallelism,
                     "tasks": args.batches,
-                    "noop_per_min": noop_rate,
-                    "batches_per_min": batch_rate,
-                    "ratio": round(batch_rate / noop_rate, 2),
+                    "repeats": args.repeat,
+                    **{f"noop_{key}": round(median(r[key] for r in noops), 3) for key in noops[0]},
+                    **{f"batch_{key}": round(median(r[key] for r in batches), 3) for key in batches[0]},
                     "sends": len(sends),
                     "rate_limited_429": sum(r["status_code"] == 429 for r in sends),
-                    "noop_cpu_s_per_task": noop_cpu,
-                    "batch_cpu_s_per_task": batch_cpu,
+                    "runs": {"noop": noops, "batch": batches},
                 }
+                result["ratio"] = round(result["batch_per_min"] / result["noop_per_min"], 2)
                 if args.json:
                     print(json.dumps(result), flush=True)
                 else:
                     print(
-                        f"{pool:>4} {noop_rate:>9} {batch_rate:>11} {result['ratio']:>6} "
-                        f"{result['rate_limited_429']:>5} {noop_cpu:>11} {batch_cpu:>11}",
+                        f"{pool:>4} {result['noop_per_min']:>9} {result['batch_per_min']:>11} "
+                        f"{result['ratio']:>6} {result['rate_limited_429']:>5} "
+                        f"{result['noop_task_cpu_s']:>8} {result['batch_task_cpu_s']:>8} "
+                        f"{result['noop_machine_cpu_s']:>8} {result['batch_machine_cpu_s']:>8}   "
+                        f"{'/'.join(str(r['per_min']) for r in noops)}  "
+                        f"{'/'.join(str(r['per_min']) for r in batches)}",
                         flush=True,
                     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from demo.audience import create_recipients_table
@@ -53,6 +55,7 @@ def test_a_campaign_triggered_over_rest_is_sent_once_within_the_pool(tmp_path, p
         assert run["state"] == "success", stack.describe_run(DAG_ID, run_id)
         report = RunReport.collect(stack, run_id, run)
         record, requests = sandbox.record(), sandbox.requests()
+        worker_libraries = _executor_worker_libraries(stack.process("scheduler").popen.pid)
 
     assert_mapped_batches_succeeded(report)
     assert_each_recipient_sent_once(record, expected_send_at(start_at))
@@ -63,3 +66,24 @@ def test_a_campaign_triggered_over_rest_is_sent_once_within_the_pool(tmp_path, p
     assert [t["try_number"] for t in report.send_tries] == [1] * len(report.send_tries)
     # The pool held, and the batches really ran side by side up to it.
     assert peak_concurrency(report.send_tries) == POOL_SLOTS
+    # The workers (which never import the HTTP hook themselves) got aiohttp from the scheduler,
+    # by plugins/migosmtp_preload.py, so no task process imports it again.
+    assert len(worker_libraries) >= 2
+    assert all(any("/aiohttp/" in path for path in paths) for paths in worker_libraries.values())
+
+
+def _executor_worker_libraries(scheduler_pid: int) -> dict[int, set[str]]:
+    """The shared objects mapped into each LocalExecutor worker forked by the scheduler."""
+    workers = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (proc / "cmdline").read_bytes()
+            maps = (proc / "maps").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        if parent == scheduler_pid and cmdline.startswith(b"airflow worker -- LocalExecutor"):
+            workers[int(proc.name)] = {line.split()[-1] for line in maps.splitlines() if ".so" in line}
+    return workers
