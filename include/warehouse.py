@@ -206,7 +206,9 @@ def table_columns(hook: DbApiHook, table: str) -> list[str]:
         ) from err
 
 
-def stream_rows(hook: DbApiHook, sql: str, chunk_rows: int) -> Iterator[tuple[list[str], list[tuple]]]:
+def stream_rows(
+    hook: DbApiHook, sql: str, chunk_rows: int, parameters: Sequence[Any] = ()
+) -> Iterator[tuple[list[str], list[tuple]]]:
     """Yield a query's rows ``chunk_rows`` at a time as ``(column names, tuples)``, one chunk in memory.
 
     On its own connection, so the caller can write on another while it reads. On PostgreSQL
@@ -219,7 +221,10 @@ def stream_rows(hook: DbApiHook, sql: str, chunk_rows: int) -> Iterator[tuple[li
         with closing(cursor) as cur:
             if hook.dialect_name == "postgresql":
                 cur.itersize = chunk_rows
-            cur.execute(sql)
+            if parameters:
+                cur.execute(sql, parameters)
+            else:  # psycopg would read any '%' in an unparameterised statement as a placeholder
+                cur.execute(sql)
             columns = [column[0] for column in cur.description]
             while rows := cur.fetchmany(chunk_rows):
                 yield columns, rows

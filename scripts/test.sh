@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
+scripts/install-chromium.sh
 .venv/bin/ruff check --select AIR3 dags include plugins
 exec .venv/bin/python -m pytest "$@"

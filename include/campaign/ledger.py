@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset
 
-from include.warehouse import CAMPAIGNS_TABLE, LEDGER_TABLE, fetch_dicts, utc_now_text, utc_text
+from include.warehouse import CAMPAIGNS_TABLE, LEDGER_TABLE, fetch_dicts, in_values, utc_now_text, utc_text
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -143,13 +143,30 @@ def reschedule(hook: DbApiHook, campaign_id: str, batch_number: int, send_at: da
     _update(hook, campaign_id, batch_number, f"send_at = {p}", (utc_text(send_at),))
 
 
-def fail_unfinished(hook: DbApiHook, campaign_id: str, reason: str) -> None:
-    """Mark batches whose task ended without recording any outcome (killed, upstream failed)."""
+def fail_unfinished(hook: DbApiHook, campaign_id: str, batch_numbers: Sequence[int], reason: str) -> None:
+    """Mark the run's batches whose task ended without recording any outcome (killed, upstream
+    failed). Batches the run did not map (left waiting for quota) stay ``planned``."""
+    if not batch_numbers:
+        return
     p = hook.placeholder
+    condition, numbers = in_values(hook.dialect_name, p, "batch_number", batch_numbers)
     hook.run(
         f"UPDATE {LEDGER_TABLE} SET status = {p}, last_error = {p}, updated_at = {p} "
-        f"WHERE campaign_id = {p} AND status = {p}",
-        parameters=(FAILED, reason, utc_now_text(), campaign_id, PLANNED),
+        f"WHERE campaign_id = {p} AND status = {p} AND {condition}",
+        parameters=(FAILED, reason, utc_now_text(), campaign_id, PLANNED, *numbers),
+    )
+
+
+def record_waiting(hook: DbApiHook, campaign_id: str, batch_numbers: Sequence[int], reason: str) -> None:
+    """Batches left ``planned`` by this run (they did not fit the quota), with the reason."""
+    if not batch_numbers:
+        return
+    p = hook.placeholder
+    condition, numbers = in_values(hook.dialect_name, p, "batch_number", batch_numbers)
+    hook.run(
+        f"UPDATE {LEDGER_TABLE} SET last_error = {p}, updated_at = {p} "
+        f"WHERE campaign_id = {p} AND {condition}",
+        parameters=(reason[:2000], utc_now_text(), campaign_id, *numbers),
     )
 
 

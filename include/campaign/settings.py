@@ -20,6 +20,10 @@ CAMPAIGN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 TABLE_NAME_PATTERN = r"^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$"
 SEND, RETRY_FAILED = "send", "retry_failed"
 MODES = (SEND, RETRY_FAILED)
+REFUSE, SEND_WHAT_FITS, IGNORE = "refuse", "send_what_fits", "ignore"
+QUOTA_POLICIES = (REFUSE, SEND_WHAT_FITS, IGNORE)
+# The trigger form's sections, in the order the Params come.
+AUDIENCE, MESSAGE, LIMITS, RUN = "Audience", "Message", "Limits", "Run"
 
 
 class CampaignSettingsError(ValueError):
@@ -46,7 +50,8 @@ def campaign_params(*, campaign_id_required: bool = True, **defaults: Any) -> di
             type="string",
             pattern=CAMPAIGN_ID_PATTERN,
             title="Campaign id",
-            description=f"Names the campaign in the ledger, the tags and the idempotency keys. {charset}",
+            description=f"Names the campaign in the ledger, its tags and its idempotency keys. {charset}",
+            section=AUDIENCE,
         )
     else:
         campaign_id = Param(
@@ -54,8 +59,9 @@ def campaign_params(*, campaign_id_required: bool = True, **defaults: Any) -> di
             type="string",
             pattern=f"^$|{CAMPAIGN_ID_PATTERN}",
             title="Campaign id",
-            description="Empty: <dag_id>-<logical date, UTC, YYYYMMDDTHHMMZ>, so a run, its retries, "
-            f"clears and backfills all address the same campaign. {charset}",
+            description="Empty: <dag_id>-<logical date, YYYYMMDDTHHMMZ>, the same for the run, its "
+            f"retries, clears and backfills. {charset}",
+            section=AUDIENCE,
         )
     params = {
         "campaign_id": campaign_id,
@@ -63,39 +69,106 @@ def campaign_params(*, campaign_id_required: bool = True, **defaults: Any) -> di
             "recipients",
             type="string",
             pattern=TABLE_NAME_PATTERN,
-            description="Warehouse table with recipient_id, email and optional variables columns.",
+            title="Recipients table",
+            description="Warehouse table ([schema.]table) with recipient_id, email and optional "
+            "variables columns.",
+            section=AUDIENCE,
         ),
-        "from_email": Param("newsletter@example.com", type="string", pattern=r"^[^@\s]+@[^@\s]+$"),
-        "subject": Param("Hello {{first_name}}", type="string", minLength=1),
+        "from_email": Param(
+            "newsletter@example.com",
+            type="string",
+            pattern=r"^[^@\s]+@[^@\s]+$",
+            title="From address",
+            description="The sender address, on a domain verified with MigoSMTP.",
+            section=MESSAGE,
+        ),
+        "subject": Param(
+            "Hello {{first_name}}",
+            type="string",
+            minLength=1,
+            title="Subject",
+            description="May use {{variable}} placeholders, filled per recipient by MigoSMTP.",
+            section=MESSAGE,
+        ),
         "html_body": Param(
             "<p>Hi {{first_name}}, here is our news.</p>",
             type="string",
+            format="multiline",
+            title="HTML body",
             description="Sent as given; MigoSMTP fills {{variable}} placeholders per recipient.",
+            section=MESSAGE,
         ),
-        "text_body": Param("Hi {{first_name}}, here is our news.", type="string"),
-        "hourly_cap": Param(150, type="integer", minimum=1, description="Plan limit per clock hour."),
-        "daily_cap": Param(1500, type="integer", minimum=1, description="Plan limit per UTC day."),
+        "text_body": Param(
+            "Hi {{first_name}}, here is our news.",
+            type="string",
+            format="multiline",
+            title="Plain-text body",
+            description="The text part; empty sends HTML only (one of the two bodies is needed).",
+            section=MESSAGE,
+        ),
+        "hourly_cap": Param(
+            150,
+            type="integer",
+            minimum=1,
+            title="Hourly cap",
+            description="Recipients per clock hour the plan allows, for the whole account.",
+            section=LIMITS,
+        ),
+        "daily_cap": Param(
+            1500,
+            type="integer",
+            minimum=1,
+            title="Daily cap",
+            description="Recipients per UTC day the plan allows, for the whole account.",
+            section=LIMITS,
+        ),
         "max_batch_size": Param(
             API_MAX_RECIPIENTS_PER_REQUEST,
             type="integer",
             minimum=1,
             maximum=API_MAX_RECIPIENTS_PER_REQUEST,
-            description="Recipients per bulk request (the hourly cap also bounds it).",
+            title="Recipients per request",
+            description="Recipients in one bulk request, at most 1,000 (the hourly cap also bounds it).",
+            section=LIMITS,
+        ),
+        "quota_policy": Param(
+            REFUSE,
+            enum=list(QUOTA_POLICIES),
+            values_display={
+                REFUSE: "Refuse a campaign that does not fit",
+                SEND_WHAT_FITS: "Send what fits, the rest after the reset",
+                IGNORE: "Do not check the quota",
+            },
+            title="Monthly quota",
+            description="What to do when the campaign needs more than the month's quota has left.",
+            section=LIMITS,
         ),
         "start_at": Param(
             None,
             type=["null", "string"],
             format="date-time",
-            description="First send slot, ISO-8601 UTC (e.g. 2026-12-01T09:00:00Z). Empty: the run's "
-            "logical date (now if it has none). Never earlier than now.",
+            title="First send slot",
+            description="UTC; empty: the run's logical date (now if none). Never earlier than now.",
+            section=RUN,
         ),
-        "dry_run": Param(False, type="boolean", description="Plan and record the batches; send nothing."),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Plan and record the batches and preview them; send nothing.",
+            section=RUN,
+        ),
         "mode": Param(
             SEND,
             enum=list(MODES),
-            description="send: plan and send the campaign, or finish it if it was planned before with the "
-            "same definition. retry_failed: resend only the campaign's batches that are not scheduled, "
-            "with the recipients and definition first planned, without reading the recipients table.",
+            values_display={
+                SEND: "Send the campaign (or finish it)",
+                RETRY_FAILED: "Resend only its unsent batches",
+            },
+            title="Mode",
+            description="retry_failed resends the unsent batches as first planned, without reading "
+            "the table.",
+            section=RUN,
         ),
     }
     unknown = sorted(set(defaults) - set(params))
@@ -139,6 +212,7 @@ class CampaignSettings:
     start_at: datetime
     dry_run: bool
     mode: str
+    quota_policy: str = REFUSE
 
     @classmethod
     def from_params(
@@ -179,6 +253,11 @@ class CampaignSettings:
         mode = params.get("mode", "send")
         if mode not in MODES:
             raise CampaignSettingsError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+        quota_policy = params.get("quota_policy", REFUSE)
+        if quota_policy not in QUOTA_POLICIES:
+            raise CampaignSettingsError(
+                f"quota_policy {quota_policy!r} is not one of {', '.join(QUOTA_POLICIES)}"
+            )
         try:
             caps = PlanCaps(
                 max_batch_size=params.get("max_batch_size", API_MAX_RECIPIENTS_PER_REQUEST),
@@ -198,4 +277,5 @@ class CampaignSettings:
             start_at=max(_parse_start_at(params.get("start_at"), logical_date or now), now),
             dry_run=bool(params.get("dry_run", False)),
             mode=mode,
+            quota_policy=quota_policy,
         )

@@ -17,10 +17,17 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from include.campaign import definition, halts, ledger
+from include.campaign import definition, halts, ledger, preview
 from include.campaign.audience import REQUIRED_COLUMNS, Recipient
 from include.campaign.planner import BatchPacker, hour_floor, place_whole_batches
-from include.campaign.settings import RETRY_FAILED, CampaignSettings, CampaignSettingsError
+from include.campaign.quota import QuotaCheckFailed, QuotaProjection, held_by_other_campaigns, split_to_fit
+from include.campaign.settings import (
+    IGNORE,
+    REFUSE,
+    RETRY_FAILED,
+    CampaignSettings,
+    CampaignSettingsError,
+)
 from include.campaign.staging import ChunkedPlan, TooManyBatches
 from include.warehouse import (
     CAMPAIGNS_TABLE,
@@ -111,12 +118,89 @@ def plan_campaign(
         log.info("Run %s was halted and is planned again (cleared): its halt is lifted", run_id)
     entries = ledger.rows(hook, campaign_id)
     if settings.mode != RETRY_FAILED and not _was_attempted(entries):
-        return _plan_new(hook, settings, dag_id or "", run_id, chunk_rows, max_batches)
+        batches = _plan_new(hook, settings, dag_id or "", run_id, chunk_rows, max_batches)
+        if settings.dry_run:
+            preview.log_preview(hook, campaign_id, batches)
+        return _within_quota(hook, settings, batches, new_plan=True)
     current = definition.of(settings)
     recorded = _resumable_definition(settings, entries, definition.read(hook, campaign_id), current)
     if recorded is None:  # planned before email_campaigns existed: its definition is what this run says
         definition.record(hook, campaign_id, current, dag_id=dag_id or "", run_id=run_id, dry_run=False)
-    return _plan_resume(hook, settings, entries, max_batches)
+    return _within_quota(hook, settings, _plan_resume(hook, settings, entries, max_batches), new_plan=False)
+
+
+def _within_quota(
+    hook, settings: CampaignSettings, batches: list[dict[str, Any]], *, new_plan: bool
+) -> list[dict[str, Any]]:
+    """The quota pre-flight (see ``quota``): the batches this run may send, by ``quota_policy``.
+
+    A refused new plan is removed, so that it holds no quota or slots for other campaigns; a
+    refused resume keeps its batches (they are still the campaign's to send).
+    """
+    from include.migosmtp.client import InvalidApiKey, MigoSmtpClient, MigoSmtpError
+
+    campaign_id = settings.campaign_id
+    if settings.quota_policy == IGNORE or not batches:
+        return batches
+    try:
+        quota = MigoSmtpClient().get_quota()
+    except MigoSmtpError as err:
+        if settings.dry_run:
+            log.warning("Quota projection unavailable (the dry run goes on without it): %s", err)
+            return batches
+        if new_plan:
+            _clear_unsent_plan(hook, campaign_id)
+        message = (
+            f"cannot check the MigoSMTP quota before sending campaign {campaign_id!r}, so nothing was "
+            f"sent: {err}. Set quota_policy=ignore to send without the check."
+        )
+        if isinstance(err, InvalidApiKey):
+            raise AirflowFailException(message) from err
+        raise QuotaCheckFailed(message) from err  # the plan task's retry asks again
+    projection = QuotaProjection(
+        needed=sum(b["recipient_count"] for b in batches),
+        limit=quota.monthly_limit,
+        used=quota.monthly_used,
+        held=held_by_other_campaigns(hook, campaign_id),
+    )
+    fitting, waiting = split_to_fit(batches, projection.left)
+    if projection.fits:
+        log.info("Quota: campaign %s %s: it fits", campaign_id, projection.describe())
+        return batches
+    if settings.dry_run:
+        log.warning(
+            "Quota (dry run): campaign %s %s: quota_policy=refuse would send nothing, "
+            "send_what_fits %d of %d batches",
+            campaign_id,
+            projection.describe(),
+            len(fitting),
+            len(batches),
+        )
+        return batches
+    if settings.quota_policy == REFUSE:
+        if new_plan:
+            _clear_unsent_plan(hook, campaign_id)
+        raise AirflowFailException(
+            f"campaign {campaign_id!r} does not fit in this month's MigoSMTP quota: it "
+            f"{projection.describe()}. This run sent nothing. Wait for the monthly reset or raise the "
+            f"plan's quota; or trigger it with quota_policy=send_what_fits to send the {len(fitting)} "
+            f"of {len(batches)} batches that fit now."
+        )
+    reason = (
+        f"waiting for quota: left unsent by the quota pre-flight "
+        f"({projection.describe()}); resume after the monthly reset with mode=retry_failed"
+    )
+    ledger.record_waiting(hook, campaign_id, [b["batch_number"] for b in waiting], reason)
+    log.warning(
+        "Quota: campaign %s %s: sending the %d of %d batches that fit (%d recipients); %d stay planned",
+        campaign_id,
+        projection.describe(),
+        len(fitting),
+        len(batches),
+        sum(b["recipient_count"] for b in fitting),
+        len(waiting),
+    )
+    return fitting
 
 
 def _resumable_definition(
@@ -438,9 +522,15 @@ def close_ledger(
     hook = get_warehouse_hook()
     if not settings.dry_run:
         ledger.fail_unfinished(
-            hook, campaign_id, "the batch's task ended without recording an outcome; see its log"
+            hook,
+            campaign_id,
+            [b["batch_number"] for b in planned],
+            "the batch's task ended without recording an outcome; see its log",
         )
-    summary = ledger.summarize(ledger.rows(hook, campaign_id))
+    entries = ledger.rows(hook, campaign_id)
+    summary = ledger.summarize(entries)
+    # Left planned by the quota pre-flight (send_what_fits); a dry run's plan is all planned.
+    waiting = [] if settings.dry_run else [r for r in entries if r["status"] == ledger.PLANNED]
     campaign_status = definition.summarize(hook, campaign_id, summary, settings.dry_run)
     rejected = fetch_dicts(
         hook,
@@ -458,8 +548,18 @@ def close_ledger(
         summary.recipients,
         ", ".join(f"{n} {status}" for status, n in counts.items()),
         " (dry run)" if settings.dry_run else "",
-        "; this run sent nothing: every batch was already at the provider" if planned == [] else "",
+        "; this run sent nothing: every batch was already at the provider"
+        if planned == [] and not waiting
+        else "",
     )
+    if waiting:
+        log.warning(
+            "%d batches (%d recipients) did not fit this month's quota and stay planned: after the reset, "
+            "trigger mode=retry_failed for campaign %s (or clear this run) to send them",
+            len(waiting),
+            sum(r["recipient_count"] for r in waiting),
+            campaign_id,
+        )
     if summary.unsent:
         stop = halts.current(hook, campaign_id, run_id)
         cause = (

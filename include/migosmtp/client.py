@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 MIGOSMTP_CONN_ID = "migosmtp_default"
 SEND_ENDPOINT = "/v1/email/send/bulk"
 BATCHES_ENDPOINT = "/v1/email/batches"
+QUOTA_ENDPOINT = "/v1/account/quota"
 REQUEST_TIMEOUT_SECONDS = 30.0
 DEFAULT_RATE_LIMIT_WAIT_SECONDS = 60.0
 # The API's windows are a minute; a reset further out than this is not a rate window we understand.
@@ -157,6 +158,14 @@ class SendReceipt:
     status: str
     replayed: bool
     rate_window: RateWindow | None = None
+
+
+@dataclass(frozen=True)
+class Quota:
+    """The account's monthly send quota, in recipients."""
+
+    monthly_limit: int
+    monthly_used: int
 
 
 class _BearerAuth(AuthBase):
@@ -330,6 +339,21 @@ class MigoSmtpClient:
                 response.status_code,
             )
         return batch
+
+    def get_quota(self) -> Quota:
+        """This month's quota: its limit and what the account has used."""
+        response = self._request("GET", QUOTA_ENDPOINT)
+        if not response.ok:
+            raise _error_for(response, self._conn_id)
+        body = _json_body(response)
+        limit, used = body.get("monthly_limit"), body.get("monthly_used")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (limit, used)):
+            raise MalformedResponse(
+                f"MigoSMTP quota answered {response.status_code} without whole monthly_limit and "
+                f"monthly_used (body starts {response.text[:80]!r})",
+                response.status_code,
+            )
+        return Quota(monthly_limit=limit, monthly_used=used)
 
     def find_batch(self, key: str) -> dict[str, Any] | None:
         """The batch accepted under an idempotency key, or None if the provider has none."""

@@ -31,6 +31,7 @@ DOCUMENTED_PARAMS = {
     "start_at",
     "dry_run",
     "mode",
+    "quota_policy",
 }
 DEFAULTS = {
     "recipients_table": "recipients",
@@ -44,6 +45,7 @@ DEFAULTS = {
     "start_at": None,
     "dry_run": False,
     "mode": "send",
+    "quota_policy": "refuse",
 }
 
 
@@ -127,6 +129,7 @@ class TestCampaignSettingsFromParams:
             ("subject", "   "),
             ("mode", "x"),
             ("mode", "SEND"),
+            ("quota_policy", "send"),
             ("hourly_cap", 0),
             ("daily_cap", 0),
             ("max_batch_size", 0),
@@ -247,6 +250,7 @@ class TestCampaignParams:
             ("from_email", "newsletter.example.com"),
             ("subject", ""),
             ("mode", "x"),
+            ("quota_policy", "refuse_all"),
             ("dry_run", "yes"),
         ],
     )
@@ -262,6 +266,7 @@ class TestCampaignParams:
             ("campaign_id", "summer sale"),
             ("recipients_table", "a.b.c"),
             ("mode", "x"),
+            ("quota_policy", ""),
         ],
     )
     def test_the_param_schema_and_from_params_refuse_the_same_values(self, field, value):
@@ -269,6 +274,39 @@ class TestCampaignParams:
             campaign_params()[field].resolve(value)
         with pytest.raises(CampaignSettingsError, match=field):
             CampaignSettings.from_params(params(**{field: value}), now=NOW)
+
+
+class TestTheTriggerForm:
+    """What Airflow's trigger form is drawn from: each Param's schema."""
+
+    def test_every_param_has_a_title_a_one_line_description_and_a_section(self):
+        for name, param in campaign_params().items():
+            assert param.schema.get("title"), name
+            assert param.description and "\n" not in param.description and len(param.description) <= 110, name
+            assert param.schema.get("section") in ("Audience", "Message", "Limits", "Run"), name
+
+    def test_sections_come_in_order_audience_message_limits_run(self):
+        sections = [p.schema["section"] for p in campaign_params().values()]
+        assert list(dict.fromkeys(sections)) == ["Audience", "Message", "Limits", "Run"]
+
+    def test_bodies_are_multi_line_start_at_a_date_time_and_the_choices_drop_downs(self):
+        params_ = campaign_params()
+        assert {params_[n].schema.get("format") for n in ("html_body", "text_body")} == {"multiline"}
+        assert params_["start_at"].schema["format"] == "date-time"
+        for name, choices in (
+            ("mode", {"send", "retry_failed"}),
+            ("quota_policy", {"refuse", "send_what_fits", "ignore"}),
+        ):
+            assert set(params_[name].schema["enum"]) == choices
+            assert set(params_[name].schema["values_display"]) == choices
+
+    def test_a_default_given_by_a_dag_keeps_the_fields_form(self):
+        body = campaign_params(html_body="<p>Weekly</p>")["html_body"]
+        assert (body.value, body.schema["format"], body.schema["section"]) == (
+            "<p>Weekly</p>",
+            "multiline",
+            "Message",
+        )
 
 
 class TestTheRunNamesItsCampaign:

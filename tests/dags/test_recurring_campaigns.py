@@ -109,7 +109,8 @@ class TestWeeklyNewsletter:
         logical_date, conf = past_monday_0900(weeks_back=1), {"max_batch_size": 10}
         point_migosmtp_at(monkeypatch, sandbox, password="wrong")
 
-        halted = run(WEEKLY, logical_date, **conf)
+        # quota_policy=ignore: the send, not the pre-flight, meets the 401
+        halted = run(WEEKLY, logical_date, **conf, quota_policy="ignore")
 
         assert halted.state == "failed"
         statuses = sorted(r["status"] for r in ledger_rows(ready, derive_campaign_id(WEEKLY, logical_date)))
@@ -153,7 +154,8 @@ class TestEveryRunConverges:
     ):
         create_recipients_table(warehouse, "recipients", 30)
         point_migosmtp_at(monkeypatch, sandbox, password="wrong")
-        assert run_campaign(**self.CONF).state == "failed"
+        # quota_policy=ignore: the send, not the pre-flight, meets the 401
+        assert run_campaign(**self.CONF, quota_policy="ignore").state == "failed"
         point_migosmtp_at(monkeypatch, sandbox)
 
         run = run_campaign(**self.CONF)
@@ -170,7 +172,7 @@ class TestEveryRunConverges:
     def test_send_again_after_a_402_part_way_sends_only_the_rest(self, run_campaign, warehouse, sandbox):
         create_recipients_table(warehouse, "recipients", 30)
         sandbox.update_settings(monthly_limit=15)
-        assert run_campaign(**self.CONF).state == "failed"
+        assert run_campaign(**self.CONF, quota_policy="ignore").state == "failed"  # 402 part-way
         sandbox.update_settings(monthly_limit=1000)
 
         run = run_campaign(**self.CONF)

@@ -140,6 +140,13 @@ class AirflowApi:
             raise ApiError("POST", "/auth/token", resp.status_code, resp.text)
         self._token = resp.json()["access_token"]
 
+    def token(self) -> str:
+        """A JWT for API_USER, for requests outside the REST API (a plugin's pages, say)."""
+        if self._token is None:
+            self._login()
+        assert self._token is not None
+        return self._token
+
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         for attempt in (1, 2):
             if self._token is None:
@@ -327,9 +334,9 @@ class AirflowStack:
         # One queue name and broker database per stack, so stacks (and other Redis users) never share tasks.
         self.queue = f"deploy_{secrets.token_hex(4)}"
         self.redis_db: int | None = None
-        self._password = secrets.token_urlsafe(16)
+        self.password = secrets.token_urlsafe(16)  # API_USER's, for the API and the UI's login
         self._procs: list[_Process] = []
-        self.api = AirflowApi(self.base_url, API_USER, self._password)
+        self.api = AirflowApi(self.base_url, API_USER, self.password)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -360,7 +367,7 @@ class AirflowStack:
             self.redis_db = _empty_redis_db()
         # The user's password file is written before the api-server starts, so it
         # keeps it instead of generating (and printing) one.
-        (self.workdir / "passwords.json").write_text(json.dumps({API_USER: self._password}))
+        (self.workdir / "passwords.json").write_text(json.dumps({API_USER: self.password}))
         env = self._environment()
         self._run_cli("db-migrate", ["db", "migrate"], env, MIGRATE_TIMEOUT)
         self._run_cli("pools-set", ["pools", "set", POOL, str(self.pool_slots), "MigoSMTP API calls"], env)

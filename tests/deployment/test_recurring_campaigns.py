@@ -154,6 +154,7 @@ def test_a_halted_run_cleared_over_rest_once_the_quota_is_back_finishes_and_a_se
     create_recipients_table(hook, "recipients", 30)
     start_at = (datetime.now(UTC) + timedelta(days=7)).replace(hour=9, minute=0, second=0, microsecond=0)
     conf = {"campaign_id": "cleared", "max_batch_size": 10, "hourly_cap": 1000, "daily_cap": 1000}
+    conf["quota_policy"] = "ignore"  # no pre-flight, so the quota runs out part-way (a 402)
 
     with (
         SandboxProcess(tmp_path / "sandbox.db", api_key=API_KEY) as sandbox,

@@ -28,6 +28,7 @@ from include.migosmtp.client import (
     MigoSmtpError,
     MigoSmtpHook,
     OutcomeUnknown,
+    Quota,
     QuotaExceeded,
     RateLimited,
     RateWindow,
@@ -600,3 +601,33 @@ class TestFindBatch:
         with pytest.raises(InvalidApiKey) as excinfo:
             MigoSmtpClient().find_batch("k-any")
         assert excinfo.value.status == 401
+
+
+class TestGetQuota:
+    def test_reads_the_limit_and_what_the_sends_used(self, clean_sandbox) -> None:
+        clean_sandbox.update_settings(monthly_limit=1234)
+        MigoSmtpClient().send_bulk(make_payload(3), "k-quota")
+        assert MigoSmtpClient().get_quota() == Quota(monthly_limit=1234, monthly_used=3)
+        [logged] = [r for r in clean_sandbox.requests() if r["method"] == "GET"]
+        assert (logged["path"], logged["status_code"]) == ("/v1/account/quota", 200)
+
+    def test_server_error_raises_server_error(self, clean_sandbox) -> None:
+        clean_sandbox.set_faults([{"action": "status", "status": 502, "endpoint": "quota"}])
+        with pytest.raises(ServerError) as excinfo:
+            MigoSmtpClient().get_quota()
+        assert excinfo.value.status == 502
+
+    def test_malformed_answer_raises_malformed_response(self, clean_sandbox) -> None:
+        clean_sandbox.set_faults([{"action": "malformed", "endpoint": "quota"}])
+        with pytest.raises(MalformedResponse, match="without whole monthly_limit and monthly_used"):
+            MigoSmtpClient().get_quota()
+
+    def test_wrong_key_raises_invalid_api_key(self, clean_sandbox, monkeypatch) -> None:
+        set_connection(monkeypatch, clean_sandbox, password="not-the-key")
+        with pytest.raises(InvalidApiKey):
+            MigoSmtpClient().get_quota()
+
+    def test_no_answer_raises_outcome_unknown(self, clean_sandbox) -> None:
+        clean_sandbox.set_faults([{"action": "drop", "endpoint": "quota"}])
+        with pytest.raises(OutcomeUnknown):
+            MigoSmtpClient().get_quota()

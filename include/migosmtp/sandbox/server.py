@@ -455,7 +455,7 @@ class Fault:
     accept: bool = False
 
     ACTIONS = ("status", "latency", "drop_after_accept", "drop", "malformed")
-    ENDPOINTS = ("send", "lookup", "any")
+    ENDPOINTS = ("send", "lookup", "quota", "any")
 
     @classmethod
     def from_dict(cls, data: Any) -> Fault:
@@ -739,6 +739,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
             endpoints.add("send")
         elif self.command == "GET" and (path == BATCHES_PATH or path.startswith(BATCHES_PATH + "/")):
             endpoints.add("lookup")
+        elif self.command == "GET" and path == QUOTA_PATH:
+            endpoints.add("quota")
         return endpoints
 
     def _handle(self, routes: list[Route], req: Request, auth: bool) -> Response:

@@ -1,0 +1,127 @@
+"""What the Campaigns view shows, read from the warehouse only (the view is in ``plugins/``).
+
+Each function is a few set-based queries; nothing here holds a campaign's
+recipients in memory except the rejected rows' CSV, which is streamed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from include.campaign import ledger, preview
+from include.warehouse import (
+    CAMPAIGNS_TABLE,
+    DELIVERIES_TABLE,
+    HALTS_TABLE,
+    LEDGER_TABLE,
+    REJECTED_TABLE,
+    WarehouseInputError,
+    fetch_dicts,
+    stream_rows,
+    table_columns,
+)
+
+if TYPE_CHECKING:
+    from airflow.providers.common.sql.hooks.sql import DbApiHook
+
+OUTCOMES = ("delivered", "bounced", "deferred", "complained")
+
+
+def campaigns(hook: DbApiHook) -> list[dict[str, Any]]:
+    """Every campaign, newest first, with its ledger and delivery totals and whether it was halted.
+
+    None before the first plan has created the tables: the view only reads (creating them here
+    could race a plan doing the same, which PostgreSQL refuses).
+    """
+    try:
+        table_columns(hook, CAMPAIGNS_TABLE)
+    except WarehouseInputError:
+        return []
+    rows = fetch_dicts(
+        hook,
+        "SELECT c.campaign_id, c.dag_id, c.planned_by_run, c.created_at, c.status, c.dry_run, "
+        "c.batches_by_status, l.recipients, l.batches, l.first_send_at, l.last_send_at, "
+        + ", ".join(f"COALESCE(d.{o}, 0) AS {o}" for o in OUTCOMES)
+        + ", COALESCE(h.halts, 0) AS halts "
+        f"FROM {CAMPAIGNS_TABLE} c "
+        "LEFT JOIN (SELECT campaign_id, SUM(recipient_count) AS recipients, COUNT(*) AS batches, "
+        f"MIN(send_at) AS first_send_at, MAX(send_at) AS last_send_at FROM {LEDGER_TABLE} "
+        "GROUP BY campaign_id) l ON l.campaign_id = c.campaign_id "
+        "LEFT JOIN (SELECT campaign_id, "
+        + ", ".join(f"SUM({o}) AS {o}" for o in OUTCOMES)
+        + f" FROM {DELIVERIES_TABLE} GROUP BY campaign_id) d ON d.campaign_id = c.campaign_id "
+        f"LEFT JOIN (SELECT campaign_id, COUNT(*) AS halts FROM {HALTS_TABLE} GROUP BY campaign_id) h "
+        "ON h.campaign_id = c.campaign_id "
+        "ORDER BY c.created_at DESC, c.campaign_id",
+        (),
+    )
+    for row in rows:
+        row["dry_run"] = bool(row["dry_run"])
+        row["batches_by_status"] = json.loads(row["batches_by_status"] or "{}")
+        for key in ("recipients", "batches", *OUTCOMES, "halts"):
+            row[key] = int(row[key] or 0)
+    return rows
+
+
+def campaign(hook: DbApiHook, campaign_id: str) -> dict[str, Any] | None:
+    """One campaign's page: its row, its ledger with delivery counts, halts, rejections, and the
+    recipients per hour and per day (scheduled, delivered, bounced)."""
+    found = campaigns_by_id(hook, campaign_id)
+    if not found:
+        return None
+    summary = found[0]
+    p = hook.placeholder
+    batches = fetch_dicts(
+        hook,
+        "SELECT l.batch_number, l.batch_id, l.recipient_count, l.status, l.send_at, l.attempts, "
+        "l.last_error, " + ", ".join(f"COALESCE(d.{o}, 0) AS {o}" for o in OUTCOMES) + " "
+        f"FROM {LEDGER_TABLE} l LEFT JOIN {DELIVERIES_TABLE} d "
+        "ON d.campaign_id = l.campaign_id AND d.batch_number = l.batch_number "
+        f"WHERE l.campaign_id = {p} ORDER BY l.batch_number",
+        (campaign_id,),
+    )
+    halts = fetch_dicts(
+        hook,
+        f"SELECT run_id, batch_number, reason, halted_at FROM {HALTS_TABLE} WHERE campaign_id = {p} "
+        "ORDER BY halted_at",
+        (campaign_id,),
+    )
+    return {
+        **summary,
+        "ledger": batches,
+        "halts": halts,
+        "rejected": preview.rejected_by_reason(hook, campaign_id),
+        "per_hour": _series(batches, 13),
+        "per_day": _series(batches, 10),
+    }
+
+
+def campaigns_by_id(hook: DbApiHook, campaign_id: str) -> list[dict[str, Any]]:
+    return [c for c in campaigns(hook) if c["campaign_id"] == campaign_id]
+
+
+def _series(batches: list[dict[str, Any]], width: int) -> dict[str, dict[str, int]]:
+    """Per send_at prefix (10: day, 13: hour): recipients scheduled at the provider, planned
+    (not sent yet), delivered and bounced."""
+    series: dict[str, dict[str, int]] = {}
+    for b in batches:
+        slot = series.setdefault(
+            b["send_at"][:width], {"scheduled": 0, "planned": 0, "delivered": 0, "bounced": 0}
+        )
+        sent = b["status"] in ledger.SENT_STATUSES
+        slot["scheduled" if sent else "planned"] += int(b["recipient_count"])
+        slot["delivered"] += int(b["delivered"])
+        slot["bounced"] += int(b["bounced"])
+    return dict(sorted(series.items()))
+
+
+def rejected_rows(hook: DbApiHook, campaign_id: str) -> Iterator[tuple[list[str], list[tuple]]]:
+    """The campaign's rejected rows in source order, in chunks (for a CSV download)."""
+    p = hook.placeholder
+    sql = (
+        f"SELECT source_row, recipient_id, email, reason FROM {REJECTED_TABLE} "
+        f"WHERE campaign_id = {p} ORDER BY source_row"
+    )
+    yield from stream_rows(hook, sql, 5000, (campaign_id,))

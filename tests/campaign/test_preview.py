@@ -1,0 +1,57 @@
+"""The dry run's preview: the schedule per day and hour, and the rejected rows by reason."""
+
+from __future__ import annotations
+
+import logging
+
+from demo.audience import create_recipients_table
+from include.campaign.preview import log_preview, recipients_by, rejected_by_reason
+from include.campaign.tasks import plan_campaign
+from tests.conftest import DAY, NEXT_DAY
+
+BATCHES = [
+    {"batch_number": 1, "send_at": f"{DAY}T09:00:00Z", "recipient_count": 150},
+    {"batch_number": 2, "send_at": f"{DAY}T10:00:00Z", "recipient_count": 150},
+    {"batch_number": 3, "send_at": f"{DAY}T10:00:00Z", "recipient_count": 20},
+    {"batch_number": 4, "send_at": f"{NEXT_DAY}T00:00:00Z", "recipient_count": 5},
+]
+
+
+def test_recipients_per_day_and_per_hour_in_time_order():
+    assert recipients_by(BATCHES, 10) == {DAY: 320, NEXT_DAY: 5}
+    assert recipients_by(BATCHES, 13) == {f"{DAY}T09": 150, f"{DAY}T10": 170, f"{NEXT_DAY}T00": 5}
+
+
+def test_a_dry_run_logs_its_schedule_and_its_rejected_rows(warehouse, sandbox, caplog):
+    create_recipients_table(warehouse, "recipients", 40, bad_every=10)  # 40, and 4 bad rows besides
+    params = {
+        "campaign_id": "preview",
+        "recipients_table": "recipients",
+        "from_email": "news@example.com",
+        "subject": "Hi",
+        "html_body": "<p>Hi</p>",
+        "text_body": "",
+        "max_batch_size": 10,
+        "hourly_cap": 20,
+        "daily_cap": 30,
+        "start_at": f"{DAY}T09:00:00Z",
+        "dry_run": True,
+    }
+
+    with caplog.at_level(logging.INFO, logger="include.campaign.preview"):
+        batches = plan_campaign(params)
+
+    rejected = rejected_by_reason(warehouse, "preview")
+    assert sum(b["recipient_count"] for b in batches) == 40 and sum(rejected.values()) == 4
+    [preview] = [r.getMessage() for r in caplog.records if r.name == "include.campaign.preview"]
+    assert f"last send_at {batches[-1]['send_at']}" in preview
+    assert f"  {DAY}         30" in preview  # the daily cap fills the first day
+    assert f"  {DAY}T09:00Z         20" in preview and f"  {DAY}T10:00Z         10" in preview
+    assert f"Rejected rows: {sum(rejected.values())}" in preview
+    assert all(f"  {reason}" in preview for reason in rejected)
+
+
+def test_no_batches_no_preview(warehouse, caplog):
+    with caplog.at_level(logging.INFO):
+        log_preview(warehouse, "none", [])
+    assert caplog.records == []
