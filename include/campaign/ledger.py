@@ -143,31 +143,31 @@ def reschedule(hook: DbApiHook, campaign_id: str, batch_number: int, send_at: da
     _update(hook, campaign_id, batch_number, f"send_at = {p}", (utc_text(send_at),))
 
 
-def fail_unfinished(hook: DbApiHook, campaign_id: str, batch_numbers: Sequence[int], reason: str) -> None:
-    """Mark the run's batches whose task ended without recording any outcome (killed, upstream
-    failed). Batches the run did not map (left waiting for quota) stay ``planned``."""
+def _update_planned(
+    hook: DbApiHook, campaign_id: str, batch_numbers: Sequence[int], assignments: str, values: tuple
+) -> None:
+    """Update the campaign's ``planned`` rows among ``batch_numbers`` (one statement)."""
     if not batch_numbers:
         return
     p = hook.placeholder
     condition, numbers = in_values(hook.dialect_name, p, "batch_number", batch_numbers)
     hook.run(
-        f"UPDATE {LEDGER_TABLE} SET status = {p}, last_error = {p}, updated_at = {p} "
+        f"UPDATE {LEDGER_TABLE} SET {assignments}, updated_at = {p} "
         f"WHERE campaign_id = {p} AND status = {p} AND {condition}",
-        parameters=(FAILED, reason, utc_now_text(), campaign_id, PLANNED, *numbers),
+        parameters=(*values, utc_now_text(), campaign_id, PLANNED, *numbers),
     )
+
+
+def fail_unfinished(hook: DbApiHook, campaign_id: str, batch_numbers: Sequence[int], reason: str) -> None:
+    """Mark the run's batches whose task ended without recording any outcome (killed, upstream
+    failed). Batches the run did not map (left waiting for quota) stay ``planned``."""
+    p = hook.placeholder
+    _update_planned(hook, campaign_id, batch_numbers, f"status = {p}, last_error = {p}", (FAILED, reason))
 
 
 def record_waiting(hook: DbApiHook, campaign_id: str, batch_numbers: Sequence[int], reason: str) -> None:
     """Batches left ``planned`` by this run (they did not fit the quota), with the reason."""
-    if not batch_numbers:
-        return
-    p = hook.placeholder
-    condition, numbers = in_values(hook.dialect_name, p, "batch_number", batch_numbers)
-    hook.run(
-        f"UPDATE {LEDGER_TABLE} SET last_error = {p}, updated_at = {p} "
-        f"WHERE campaign_id = {p} AND {condition}",
-        parameters=(reason[:2000], utc_now_text(), campaign_id, *numbers),
-    )
+    _update_planned(hook, campaign_id, batch_numbers, f"last_error = {hook.placeholder}", (reason[:2000],))
 
 
 def occupied_slots(hook: DbApiHook, since: datetime, campaign_id: str) -> dict[datetime, int]:
