@@ -86,7 +86,7 @@ async def rejected_csv(campaign_id: str, _user: Reader) -> StreamingResponse:
     from include.campaign import report
 
     hook = await run_in_threadpool(_hook)
-    if not await run_in_threadpool(lambda: report.campaigns_by_id(hook, campaign_id)):
+    if not await run_in_threadpool(lambda: report.campaigns(hook, campaign_id)):
         raise HTTPException(status_code=404, detail=f"no campaign {campaign_id!r}")
 
     def lines() -> Iterator[str]:  # streamed: a million rejected rows never sit in memory

@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 OUTCOMES = ("delivered", "bounced", "deferred", "complained")
 
 
-def campaigns(hook: DbApiHook) -> list[dict[str, Any]]:
-    """Every campaign, newest first, with its ledger and delivery totals and whether it was halted.
+def campaigns(hook: DbApiHook, campaign_id: str | None = None) -> list[dict[str, Any]]:
+    """Every campaign (or only ``campaign_id``), newest first, with its ledger and delivery totals
+    and whether it was halted.
 
     None before the first plan has created the tables: the view only reads (creating them here
     could race a plan doing the same, which PostgreSQL refuses).
@@ -54,8 +55,9 @@ def campaigns(hook: DbApiHook) -> list[dict[str, Any]]:
         + f" FROM {DELIVERIES_TABLE} GROUP BY campaign_id) d ON d.campaign_id = c.campaign_id "
         f"LEFT JOIN (SELECT campaign_id, COUNT(*) AS halts FROM {HALTS_TABLE} GROUP BY campaign_id) h "
         "ON h.campaign_id = c.campaign_id "
-        "ORDER BY c.created_at DESC, c.campaign_id",
-        (),
+        + (f"WHERE c.campaign_id = {hook.placeholder} " if campaign_id is not None else "")
+        + "ORDER BY c.created_at DESC, c.campaign_id",
+        () if campaign_id is None else (campaign_id,),
     )
     for row in rows:
         row["dry_run"] = bool(row["dry_run"])
@@ -68,7 +70,7 @@ def campaigns(hook: DbApiHook) -> list[dict[str, Any]]:
 def campaign(hook: DbApiHook, campaign_id: str) -> dict[str, Any] | None:
     """One campaign's page: its row, its ledger with delivery counts, halts, rejections, and the
     recipients per hour and per day (scheduled, delivered, bounced)."""
-    found = campaigns_by_id(hook, campaign_id)
+    found = campaigns(hook, campaign_id)
     if not found:
         return None
     summary = found[0]
@@ -96,10 +98,6 @@ def campaign(hook: DbApiHook, campaign_id: str) -> dict[str, Any] | None:
         "per_hour": _series(batches, 13),
         "per_day": _series(batches, 10),
     }
-
-
-def campaigns_by_id(hook: DbApiHook, campaign_id: str) -> list[dict[str, Any]]:
-    return [c for c in campaigns(hook) if c["campaign_id"] == campaign_id]
 
 
 def _series(batches: list[dict[str, Any]], width: int) -> dict[str, dict[str, int]]:

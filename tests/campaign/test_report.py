@@ -24,6 +24,7 @@ def test_a_sent_campaign_and_a_dry_run_as_the_view_shows_them(run_campaign, ware
     listed = {c["campaign_id"]: c for c in report.campaigns(warehouse)}
 
     assert set(listed) == {"sent", "preview"}
+    assert report.campaigns(warehouse, "sent") == [listed["sent"]] and report.campaigns(warehouse, "x") == []
     sent, preview = listed["sent"], listed["preview"]
     assert (sent["recipients"], sent["batches"], sent["status"], sent["dry_run"]) == (
         40,
