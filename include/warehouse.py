@@ -28,6 +28,8 @@ HALTS_TABLE = "email_campaign_halts"
 EVENTS_TABLE = "email_events"
 DELIVERIES_TABLE = "email_batch_deliveries"
 CAMPAIGNS_TABLE = "email_campaigns"
+SUPPRESSIONS_TABLE = "email_suppressions"
+SUPPRESSION_REASONS = ("hard_bounce", "complaint", "unsubscribe", "manual")
 
 _SCHEMA = (
     # One row per campaign: its definition as first planned (see campaign/definition.py) and a status.
@@ -64,6 +66,7 @@ _SCHEMA = (
         recipient_id TEXT NOT NULL,
         email TEXT NOT NULL,
         variables TEXT NOT NULL,
+        source_row INTEGER,
         PRIMARY KEY (campaign_id, email),
         UNIQUE (campaign_id, recipient_id))""",
     f"""CREATE INDEX IF NOT EXISTS {STAGING_TABLE}_by_batch
@@ -92,8 +95,10 @@ _SCHEMA = (
         type TEXT NOT NULL,
         reason TEXT,
         occurred_at BIGINT NOT NULL,
-        received_at TEXT NOT NULL)""",
+        received_at TEXT NOT NULL,
+        bounce_type TEXT)""",
     f"CREATE INDEX IF NOT EXISTS {EVENTS_TABLE}_by_batch ON {EVENTS_TABLE} (batch_id, recipient)",
+    f"CREATE INDEX IF NOT EXISTS {EVENTS_TABLE}_by_type ON {EVENTS_TABLE} (type)",
     # Per-batch delivery counts, recomputed from email_events by the reconcile task.
     f"""CREATE TABLE IF NOT EXISTS {DELIVERIES_TABLE} (
         campaign_id TEXT NOT NULL,
@@ -104,8 +109,56 @@ _SCHEMA = (
         deferred INTEGER NOT NULL,
         complained INTEGER NOT NULL,
         updated_at TEXT NOT NULL,
+        unsubscribed INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (campaign_id, batch_number))""",
 )
+
+# Columns added after their table was first released: CREATE TABLE IF NOT EXISTS leaves an
+# existing table as it was, so ensure_schema adds these to tables an earlier version created.
+_ADDED_COLUMNS = (
+    (STAGING_TABLE, "source_row", "INTEGER"),
+    (EVENTS_TABLE, "bounce_type", "TEXT"),
+    (DELIVERIES_TABLE, "unsubscribed", "INTEGER NOT NULL DEFAULT 0"),
+)
+
+# The time of day as the other tables write it (utc_text), as a column default, so that a plain
+# INSERT by hand needs no timestamp.
+_NOW_TEXT = {
+    "sqlite": "(strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))",
+    "postgresql": """(to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'))""",
+}
+
+
+def normalized_email_sql(dialect: str, column: str = "email") -> str:
+    """An email column as the planner normalises addresses (trimmed, lower-case), in SQL: how a
+    suppression typed by hand matches, and the expression its index is built on."""
+    if dialect == "postgresql":
+        return f"lower(btrim({column}, E' \\t\\r\\n'))"
+    return f"lower(trim({column}, ' ' || char(9) || char(13) || char(10)))"
+
+
+def _suppressions_schema(dialect: str) -> tuple[str, ...]:
+    """One active row per address (a removal is recorded in removed_at, never deleted, so an
+    audit sees it; a later suppression of the same address is a new row). Every column but
+    the email has a default, so an operator's ``INSERT ... (email, reason)`` is enough."""
+    now = _NOW_TEXT.get(dialect, "CURRENT_TIMESTAMP")
+    email = normalized_email_sql(dialect)
+    reasons = ", ".join(f"'{r}'" for r in SUPPRESSION_REASONS)
+    return (
+        f"""CREATE TABLE IF NOT EXISTS {SUPPRESSIONS_TABLE} (
+            email TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT 'manual' CHECK (reason IN ({reasons})),
+            campaign_id TEXT,
+            event_id TEXT,
+            note TEXT,
+            suppressed_at TEXT NOT NULL DEFAULT {now},
+            removed_at TEXT,
+            removal_note TEXT)""",
+        f"""CREATE UNIQUE INDEX IF NOT EXISTS {SUPPRESSIONS_TABLE}_active
+            ON {SUPPRESSIONS_TABLE} ({email}) WHERE removed_at IS NULL""",
+        f"CREATE INDEX IF NOT EXISTS {SUPPRESSIONS_TABLE}_by_email ON {SUPPRESSIONS_TABLE} ({email})",
+    )
+
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -183,12 +236,69 @@ def quote_table(name: str) -> str:
     return ".".join(f'"{part}"' for part in parts)
 
 
+# Any constant: the PostgreSQL advisory lock that serialises schema changes between processes.
+_SCHEMA_LOCK = 7_351_042_118
+
+
 def ensure_schema(hook: DbApiHook) -> None:
-    """Create the project's tables if missing. Idempotent, so every run can call it."""
-    if hook.dialect_name == "sqlite":
+    """Create the project's tables if missing and add columns that later versions added.
+    Idempotent, and safe when several processes (a plan, the webhook receiver's requests)
+    do it at once."""
+    dialect = hook.dialect_name
+    statements = [*_SCHEMA, *_suppressions_schema(dialect)]
+    if dialect == "postgresql":
+        # Concurrent CREATE TABLE IF NOT EXISTS can still collide in PostgreSQL's catalog
+        # (a pg_type unique violation): one process at a time, each statement committed
+        # before the lock is released.
+        hook.run(
+            [f"SELECT pg_advisory_lock({_SCHEMA_LOCK})", *statements, *_missing_columns(hook)],
+            autocommit=True,
+        )
+        hook.run(f"SELECT pg_advisory_unlock({_SCHEMA_LOCK})", autocommit=True)
+        return
+    if dialect == "sqlite":
         # WAL lets the planner stream the recipients table while it writes the staging table.
         hook.run("PRAGMA journal_mode=WAL", autocommit=True)
-    hook.run(list(_SCHEMA))
+    hook.run(statements)
+    for statement in _missing_columns(hook):
+        try:
+            hook.run(statement)
+        except Exception as err:  # another process added it since we looked
+            if "duplicate column" not in str(err).lower():
+                raise
+
+
+def _missing_columns(hook: DbApiHook) -> list[str]:
+    """ALTER TABLE statements for ``_ADDED_COLUMNS`` that the existing tables lack."""
+    if hook.dialect_name != "postgresql":
+        have = {table: set(table_columns(hook, table)) for table, _, _ in _ADDED_COLUMNS}
+        return [
+            f"ALTER TABLE {table} ADD COLUMN {column} {kind}"
+            for table, column, kind in _ADDED_COLUMNS
+            if column not in have[table]
+        ]
+    return [
+        f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}"
+        for table, column, kind in _ADDED_COLUMNS
+    ]
+
+
+@contextmanager
+def transaction(hook: DbApiHook) -> Iterator[Any]:
+    """A cursor whose statements commit together or not at all, also on a connection that
+    ``one_connection`` put in autocommit mode."""
+    with closing(hook.get_conn()) as conn:
+        if getattr(conn, "autocommit", False) is True and hasattr(conn, "transaction"):  # psycopg 3
+            with conn.transaction(), closing(conn.cursor()) as cur:
+                yield cur
+            return
+        with closing(conn.cursor()) as cur:
+            try:
+                yield cur
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
 
 
 def table_columns(hook: DbApiHook, table: str) -> list[str]:

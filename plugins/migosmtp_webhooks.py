@@ -10,6 +10,7 @@ its answer fast. The ledger is advanced from the stored events elsewhere.
 
 from __future__ import annotations
 
+import threading
 import time
 
 from airflow.plugins_manager import AirflowPlugin
@@ -21,30 +22,66 @@ WEBHOOK_CONN_ID = "migosmtp_webhook"
 
 app = FastAPI(title="MigoSMTP webhooks", docs_url=None, redoc_url=None)
 
+# The warehouse tables are made (or migrated) on the first signed post this process stores: an
+# event may arrive before any campaign or reconcile has run. ensure_schema is safe when several
+# processes race; the lock keeps this process's threads from doing it more than once.
+_schema_lock = threading.Lock()
+_schema_ready = False
+
+
+def _warehouse():
+    global _schema_ready
+    from include.warehouse import ensure_schema, get_warehouse_hook
+
+    hook = get_warehouse_hook()
+    if not _schema_ready:
+        with _schema_lock:
+            if not _schema_ready:
+                ensure_schema(hook)
+                _schema_ready = True
+    return hook
+
 
 def _store_events(body: bytes, timestamp: str | None, signature: str | None) -> int:
     from airflow.sdk import BaseHook
 
     from include.migosmtp.webhooks import parse, store, verify
-    from include.warehouse import get_warehouse_hook
 
     secret = BaseHook.get_connection(WEBHOOK_CONN_ID).password
     if not secret:
         raise RuntimeError(f"connection {WEBHOOK_CONN_ID!r} has no password (the webhook signing secret)")
     verify(secret, timestamp, signature, body, now=time.time())
     events = parse(body)
-    store(get_warehouse_hook(), events)
+    store(_warehouse(), events)
     return len(events)
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it passes ``limit`` bytes: a chunked body has no
+    Content-Length to refuse up front, and must not be held in memory whole first."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
 
 
 @app.post("/webhooks/events")
 async def receive_events(request: Request) -> JSONResponse:
     from include.migosmtp.webhooks import MAX_BODY_BYTES, WebhookRejected
 
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        return JSONResponse({"error": f"body exceeds {MAX_BODY_BYTES} bytes"}, status_code=413)
-    body = await request.body()
+    body = await _read_body(request, MAX_BODY_BYTES)
+    if body is None:
+        # Connection: close, so the server drops the rest of the body instead of reading it.
+        return JSONResponse(
+            {"error": f"body exceeds {MAX_BODY_BYTES} bytes"},
+            status_code=413,
+            headers={"Connection": "close"},
+        )
     try:
         stored = await run_in_threadpool(
             _store_events,

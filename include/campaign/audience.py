@@ -51,9 +51,9 @@ class ScreenedChunk:
 
 @dataclass
 class ScreenedRows:
-    """A chunk screened for staging: accepted as ``(recipient_id, email, variables JSON)``."""
+    """A chunk screened for staging: accepted as ``(recipient_id, email, variables JSON, source row)``."""
 
-    accepted: list[tuple[str, str, str]] = field(default_factory=list)
+    accepted: list[tuple[str, str, str, int]] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
 
 
@@ -166,12 +166,15 @@ def screen_rows(
     rows: Sequence[Sequence[Any]],
     first_source_row: int,
     staged: StagedLookup,
+    suppressed: Callable[[set[str]], set[str]] | None = None,
 ) -> ScreenedRows:
     """Split one chunk into sendable recipients and rejections with a reason.
 
     ``staged`` is asked once, for the chunk's well-formed emails and ids, which of them
-    earlier chunks staged; duplicates within the chunk are caught here. The first of
-    two rows wins, and a row rejected for any reason reserves neither its email nor its id.
+    earlier chunks staged; duplicates within the chunk are caught here. ``suppressed``, if
+    given, is asked once which of the emails are on the suppression list (reason
+    ``suppressed``). The first of two rows wins, and a row rejected for any reason reserves
+    neither its email nor its id.
     """
     i_id, i_email = columns.index("recipient_id"), columns.index("email")
     i_vars = columns.index(VARIABLES_COLUMN) if VARIABLES_COLUMN in columns else None
@@ -198,13 +201,15 @@ def screen_rows(
             reason = None
         checked.append((recipient_id, email, reason))
     # One set-based look-up for the whole chunk, then pass 2 in order: duplicates and variables.
-    seen_emails, seen_ids = staged(
-        {e for _, e, reason in checked if reason is None}, {i for i, _, reason in checked if reason is None}
-    )
+    well_formed = {e for _, e, reason in checked if reason is None}
+    seen_emails, seen_ids = staged(well_formed, {i for i, _, reason in checked if reason is None})
+    blocked = suppressed(well_formed) if suppressed is not None else ()
     screened = ScreenedRows()
     for offset, (row, (recipient_id, email, reason)) in enumerate(zip(rows, checked, strict=True)):
         if reason is None:
-            if recipient_id in seen_ids:
+            if email in blocked:
+                reason = "suppressed"
+            elif recipient_id in seen_ids:
                 reason = "duplicate_recipient_id"
             elif email in seen_emails:
                 reason = "duplicate_email"
@@ -227,7 +232,7 @@ def screen_rows(
             continue
         seen_emails.add(email)
         seen_ids.add(recipient_id)
-        screened.accepted.append((recipient_id, email, encoded))
+        screened.accepted.append((recipient_id, email, encoded, first_source_row + offset))
     return screened
 
 
@@ -252,6 +257,6 @@ def screen_chunk(
 
     screened = screen_rows(columns, [[r.get(c) for c in columns] for r in rows], first_source_row, staged)
     return ScreenedChunk(
-        [Recipient(i, e, json.loads(v)) for i, e, v in screened.accepted],
+        [Recipient(i, e, json.loads(v)) for i, e, v, _ in screened.accepted],
         screened.rejected,
     )

@@ -9,36 +9,53 @@ be rerun at any time; it also keeps the receiver's answer fast.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
-from include.campaign import definition, ledger
-from include.warehouse import DELIVERIES_TABLE, EVENTS_TABLE, fetch_dicts, utc_now_text
+from include.campaign import definition, ledger, suppressions
+from include.warehouse import DELIVERIES_TABLE, EVENTS_TABLE, LEDGER_TABLE, fetch_dicts, utc_now_text
 
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
 
-FINAL_TYPES = ("delivered", "bounced", "complained")
-SOURCES = ("webhooks", "polling")  # "deferred" may still turn into any of these
+log = logging.getLogger(__name__)
 
-# The latest event per recipient wins; at the same second, the more final outcome.
+# Counted per recipient from its latest event. A soft bounce is temporary: it counts as deferred.
+OUTCOMES = ("delivered", "bounced", "deferred", "complained", "unsubscribed")
+FINAL_TYPES = ("delivered", "bounced", "complained", "unsubscribed")
+SOURCES = ("webhooks", "polling")  # "deferred" may still turn into any of these
+_KNOWN_TYPES = ", ".join(f"'{t}'" for t in ("delivered", "bounced", "deferred", "complained", "unsubscribed"))
+
+# The latest event per recipient wins; at the same second, the more final outcome. Events are
+# found through the ledger's batch ids, so those that came before their batch was recorded
+# (a task that died between the request and the ledger) count once it is. Types this version
+# does not know are stored but not counted; a bounce that does not say "soft" is final.
 _LATEST_PER_RECIPIENT = f"""
-    SELECT batch_id, type, COUNT(*) AS recipients FROM (
-        SELECT batch_id, type, ROW_NUMBER() OVER (
-            PARTITION BY batch_id, recipient
-            ORDER BY occurred_at DESC, CASE type
-                WHEN 'complained' THEN 3 WHEN 'bounced' THEN 2 WHEN 'delivered' THEN 1 ELSE 0 END DESC
-        ) AS newest
-        FROM {EVENTS_TABLE} WHERE campaign_id = {{p}}
+    SELECT batch_id, outcome, COUNT(*) AS recipients FROM (
+        SELECT e.batch_id,
+            CASE WHEN e.type = 'bounced' AND e.bounce_type = 'soft' THEN 'deferred' ELSE e.type END
+                AS outcome,
+            ROW_NUMBER() OVER (
+                PARTITION BY e.batch_id, e.recipient
+                ORDER BY e.occurred_at DESC, CASE e.type
+                    WHEN 'complained' THEN 4 WHEN 'unsubscribed' THEN 3 WHEN 'delivered' THEN 1
+                    WHEN 'bounced' THEN CASE WHEN e.bounce_type = 'soft' THEN 0 ELSE 2 END
+                    ELSE 0 END DESC
+            ) AS newest
+        FROM {EVENTS_TABLE} e
+        WHERE e.batch_id IN (
+            SELECT l.batch_id FROM {LEDGER_TABLE} l WHERE l.campaign_id = {{p}} AND l.batch_id IS NOT NULL)
+          AND e.type IN ({_KNOWN_TYPES})
     ) latest
     WHERE newest = 1
-    GROUP BY batch_id, type
+    GROUP BY batch_id, outcome
 """
 
 
 def _counts_from_events(hook: DbApiHook, campaign_id: str) -> dict[str, dict[str, int]]:
     counts: dict[str, dict[str, int]] = {}
     for row in fetch_dicts(hook, _LATEST_PER_RECIPIENT.format(p=hook.placeholder), (campaign_id,)):
-        counts.setdefault(row["batch_id"], {})[row["type"]] = int(row["recipients"])
+        counts.setdefault(row["batch_id"], {})[row["outcome"]] = int(row["recipients"])
     return counts
 
 
@@ -76,7 +93,7 @@ def reconcile(hook: DbApiHook, campaign_id: str, source: str = "webhooks") -> di
                 campaign_id,
                 entry["batch_number"],
                 entry["batch_id"],
-                *(per_type.get(t, 0) for t in ("delivered", "bounced", "deferred", "complained")),
+                *(per_type.get(t, 0) for t in OUTCOMES),
                 now,
             )
         )
@@ -97,6 +114,7 @@ def reconcile(hook: DbApiHook, campaign_id: str, source: str = "webhooks") -> di
             "bounced",
             "deferred",
             "complained",
+            "unsubscribed",
             "updated_at",
         ],
         replace=True,
@@ -107,11 +125,15 @@ def reconcile(hook: DbApiHook, campaign_id: str, source: str = "webhooks") -> di
 
 
 def reconcile_open_campaigns(source: str = "webhooks") -> dict[str, dict[str, int]]:
-    """Reconcile every campaign that still has batches out for delivery (``scheduled``)."""
-    from include.warehouse import LEDGER_TABLE, ensure_schema, get_warehouse_hook
+    """Suppress the addresses the stored events say to, then reconcile every campaign that still
+    has batches out for delivery (``scheduled``)."""
+    from include.warehouse import ensure_schema, get_warehouse_hook
 
     hook = get_warehouse_hook()
     ensure_schema(hook)
+    added = suppressions.update_from_events(hook)
+    if added:
+        log.info("Suppressed %d more addresses (hard bounces, complaints, unsubscribes)", added)
     campaigns = fetch_dicts(
         hook,
         f"SELECT DISTINCT campaign_id FROM {LEDGER_TABLE} WHERE status = {hook.placeholder}",

@@ -29,9 +29,12 @@ if TYPE_CHECKING:
 LEDGER_ASSET = Asset(name="email_batch_ledger", uri="warehouse://warehouse_default/email_batch_ledger")
 
 PLANNED, SCHEDULED, FAILED, HALTED, DELIVERED = "planned", "scheduled", "failed", "halted", "delivered"
-STATUSES = (PLANNED, SCHEDULED, FAILED, HALTED, DELIVERED)
-# At the provider: nothing to resend. Every other status is resent by mode=retry_failed.
-SENT_STATUSES = (SCHEDULED, DELIVERED)
+# Never sent because every recipient was suppressed after planning (suppressions.drop_from_unsent_batch).
+SUPPRESSED = "suppressed"
+STATUSES = (PLANNED, SCHEDULED, FAILED, HALTED, DELIVERED, SUPPRESSED)
+# Done: nothing to (re)send. At the provider, or with no one left to send to (no recipients,
+# so it holds no room under the caps). Every other status is resent by mode=retry_failed.
+SENT_STATUSES = (SCHEDULED, DELIVERED, SUPPRESSED)
 
 FIELDS = (
     "campaign_id",
@@ -183,13 +186,14 @@ def occupied_slots(hook: DbApiHook, since: datetime, campaign_id: str) -> dict[d
     from datetime import datetime
 
     p = hook.placeholder
+    sent = ", ".join([p] * len(SENT_STATUSES))
     hour = since.replace(minute=0, second=0, microsecond=0)
     found = fetch_dicts(
         hook,
         f"SELECT l.send_at, SUM(l.recipient_count) AS recipients FROM {LEDGER_TABLE} l "
         f"LEFT JOIN {CAMPAIGNS_TABLE} c ON c.campaign_id = l.campaign_id "
-        f"WHERE (l.status IN ({p}, {p}) AND l.send_at >= {p}) "
-        f"OR (l.status NOT IN ({p}, {p}) AND l.campaign_id <> {p} AND l.send_at >= {p} "
+        f"WHERE (l.status IN ({sent}) AND l.send_at >= {p}) "
+        f"OR (l.status NOT IN ({sent}) AND l.campaign_id <> {p} AND l.send_at >= {p} "
         "AND COALESCE(c.dry_run, 0) = 0) "
         "GROUP BY l.send_at",
         (

@@ -53,11 +53,12 @@ class QuotaProjection:
 def held_by_other_campaigns(hook: DbApiHook, campaign_id: str) -> int:
     """Recipients in other campaigns' batches that are not at the provider yet (dry runs aside)."""
     p = hook.placeholder
+    sent = ", ".join([p] * len(SENT_STATUSES))
     found = fetch_dicts(
         hook,
         f"SELECT COALESCE(SUM(l.recipient_count), 0) AS n FROM {LEDGER_TABLE} l "
         f"LEFT JOIN {CAMPAIGNS_TABLE} c ON c.campaign_id = l.campaign_id "
-        f"WHERE l.campaign_id <> {p} AND l.status NOT IN ({p}, {p}) AND COALESCE(c.dry_run, 0) = 0",
+        f"WHERE l.campaign_id <> {p} AND l.status NOT IN ({sent}) AND COALESCE(c.dry_run, 0) = 0",
         (campaign_id, *SENT_STATUSES),
     )
     return int(found[0]["n"])

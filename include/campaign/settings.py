@@ -143,6 +143,14 @@ def campaign_params(*, campaign_id_required: bool = True, **defaults: Any) -> di
             description="What to do when the campaign needs more than the month's quota has left.",
             section=LIMITS,
         ),
+        "ignore_suppressions": Param(
+            False,
+            type="boolean",
+            title="Ignore suppressions",
+            description="Transactional mail only: send to addresses that bounced hard, complained or "
+            "unsubscribed.",
+            section=AUDIENCE,
+        ),
         "start_at": Param(
             None,
             type=["null", "string"],
@@ -213,6 +221,7 @@ class CampaignSettings:
     dry_run: bool
     mode: str
     quota_policy: str = REFUSE
+    ignore_suppressions: bool = False
 
     @classmethod
     def from_params(
@@ -278,4 +287,5 @@ class CampaignSettings:
             dry_run=bool(params.get("dry_run", False)),
             mode=mode,
             quota_policy=quota_policy,
+            ignore_suppressions=params.get("ignore_suppressions") is True,
         )

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
+from include.campaign import suppressions
 from include.campaign.audience import ScreenedRows, screen_rows
 from include.campaign.ledger import FIELDS as LEDGER_FIELDS
 from include.campaign.ledger import planned_row
@@ -38,7 +39,15 @@ from include.warehouse import (
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
 
-STAGING_FIELDS = ("campaign_id", "batch_number", "position", "recipient_id", "email", "variables")
+STAGING_FIELDS = (
+    "campaign_id",
+    "batch_number",
+    "position",
+    "recipient_id",
+    "email",
+    "variables",
+    "source_row",
+)
 REJECTED_FIELDS = ("campaign_id", "source_row", "recipient_id", "email", "reason")
 
 
@@ -102,6 +111,11 @@ class PlanWriter:
             )
             return {row[0] for row in cur.fetchall()}
 
+    def suppressed(self, emails: set[str]) -> set[str]:
+        """Which of these emails are on the suppression list now."""
+        with closing(self._conn.cursor()) as cur:
+            return suppressions.active_among(cur, self._dialect, self._placeholder, emails)
+
     def write_chunk(
         self,
         staged: Sequence[Sequence[Any]],
@@ -138,12 +152,14 @@ class ChunkedPlan:
         packer: BatchPacker,
         max_batches: int,
         key_for: Callable[[str, int], str],
+        honour_suppressions: bool = True,
     ) -> None:
         self._campaign_id = campaign_id
         self._packer = packer
         self._max_batches = max_batches
         self._key_for = key_for
         self._writer = PlanWriter(hook, campaign_id)
+        self._suppressed = self._writer.suppressed if honour_suppressions else None
         self._open_ids: dict[int, list[str]] = {}  # recipient ids of batches not yet in the ledger
         self.read = self.rejected = self.staged = 0
 
@@ -183,7 +199,7 @@ class ChunkedPlan:
             self._writer.write_chunk([], [], self._ledger_rows(self._packer, closed_before, self._open_ids))
 
     def _place(self, columns, rows, first_source_row, staged) -> _Placed:
-        screened = screen_rows(columns, rows, first_source_row, staged)
+        screened = screen_rows(columns, rows, first_source_row, staged, self._suppressed)
         packer = self._packer.copy()
         runs = packer.take(len(screened.accepted))
         position = self.staged
@@ -195,11 +211,11 @@ class ChunkedPlan:
         accepted = iter(screened.accepted)
         for batch_number, count in runs:
             ids = open_ids.setdefault(batch_number, [])
-            for recipient_id, email, variables in islice(accepted, count):
+            for recipient_id, email, variables, source_row in islice(accepted, count):
                 position += 1
                 ids.append(recipient_id)
                 staging_rows.append(
-                    (self._campaign_id, batch_number, position, recipient_id, email, variables)
+                    (self._campaign_id, batch_number, position, recipient_id, email, variables, source_row)
                 )
         return _Placed(screened, packer, position, open_ids, staging_rows)
 

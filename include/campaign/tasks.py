@@ -17,7 +17,7 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from include.campaign import definition, halts, ledger, preview
+from include.campaign import definition, halts, ledger, preview, suppressions
 from include.campaign.audience import REQUIRED_COLUMNS, Recipient
 from include.campaign.planner import BatchPacker, hour_floor, place_whole_batches
 from include.campaign.quota import QuotaCheckFailed, QuotaProjection, held_by_other_campaigns, split_to_fit
@@ -340,7 +340,11 @@ def _plan_new(
     packer = BatchPacker(settings.caps, settings.start_at, occupied)
     sql = f"SELECT * FROM {quote_table(settings.recipients_table)} ORDER BY recipient_id, email"
     overflow = None
-    with ChunkedPlan(hook, campaign_id, packer, max_batches, idempotency_key) as plan:
+    if settings.ignore_suppressions:
+        log.warning("ignore_suppressions is set: suppressed addresses are planned like any other")
+    with ChunkedPlan(
+        hook, campaign_id, packer, max_batches, idempotency_key, not settings.ignore_suppressions
+    ) as plan:
         try:
             for columns, rows in stream_rows(hook, sql, chunk_rows):
                 plan.add(columns, rows)
@@ -393,6 +397,23 @@ def _staged_recipients(hook, campaign_id: str, batch_number: int):
         (campaign_id, batch_number),
     )
     return [Recipient(s["recipient_id"], s["email"], json.loads(s["variables"])) for s in staged]
+
+
+def _without_new_suppressions(hook, entry: dict[str, Any]) -> dict[str, Any]:
+    """The ledger row once the recipients suppressed since planning are out of this never-attempted
+    batch (see ``suppressions.drop_from_unsent_batch``)."""
+    campaign_id, number = entry["campaign_id"], entry["batch_number"]
+    dropped = suppressions.drop_from_unsent_batch(hook, campaign_id, number)
+    if not dropped:
+        return entry
+    log.info(
+        "Batch %d: %d recipients suppressed since planning are not sent (in %s as %s)",
+        number,
+        dropped,
+        REJECTED_TABLE,
+        suppressions.SUPPRESSED_AFTER_PLAN,
+    )
+    return ledger.row(hook, campaign_id, number)
 
 
 def send_batch(
@@ -461,6 +482,11 @@ def _send_batch(hook, settings: CampaignSettings, number: int, run_id: str) -> t
             batch_id = found["batch_id"]
             log.info("Batch %d was already accepted as %s (found by idempotency key)", number, batch_id)
         else:
+            if not entry["attempts"] and not settings.ignore_suppressions:
+                entry = _without_new_suppressions(hook, entry)
+                if entry["status"] == ledger.SUPPRESSED:
+                    log.info("Batch %d not sent: all its recipients were suppressed since planning", number)
+                    return {"batch_number": number, "batch_id": None, "resent": False}, 0.0
             recipients = _staged_recipients(hook, campaign_id, number)
             if len(recipients) != entry["recipient_count"]:
                 raise AirflowFailException(

@@ -18,12 +18,15 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from include.warehouse import EVENTS_TABLE, utc_now_text
+from include.warehouse import EVENTS_TABLE, transaction, utc_now_text
 
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
 
-EVENT_TYPES = ("delivered", "bounced", "deferred", "complained")
+# The types this version acts on. Others are stored and acknowledged all the same: refusing a post
+# for one new type would have the provider retry it for a day and then drop it, valid events and all.
+EVENT_TYPES = ("delivered", "bounced", "deferred", "complained", "unsubscribed")
+BOUNCE_TYPES = ("hard", "soft")
 REPLAY_WINDOW_SECONDS = 300
 MAX_BODY_BYTES = 1_000_000
 MAX_EVENTS_PER_POST = 1000
@@ -47,6 +50,7 @@ class DeliveryEvent:
     tags: tuple[str, ...]
     timestamp: int
     reason: str | None
+    bounce_type: str | None = None
 
     @property
     def campaign_id(self) -> str | None:
@@ -85,15 +89,14 @@ def _event(raw: Any, index: int) -> DeliveryEvent:
             tags=tuple(str(t) for t in raw.get("tags") or ()),
             timestamp=int(raw["timestamp"]),
             reason=None if raw.get("reason") is None else str(raw["reason"]),
+            bounce_type=None if raw.get("bounce_type") is None else str(raw["bounce_type"]).lower(),
         )
     except KeyError as missing:
         raise WebhookRejected(400, f"events[{index}] lacks {missing.args[0]}") from None
     except (TypeError, ValueError):
         raise WebhookRejected(400, f"events[{index}] has a field of the wrong type") from None
-    if event.type not in EVENT_TYPES:
-        raise WebhookRejected(
-            400, f"events[{index}].type {event.type!r} is not one of {', '.join(EVENT_TYPES)}"
-        )
+    if not isinstance(event.type, str) or not event.type:
+        raise WebhookRejected(400, f"events[{index}].type is not a non-empty string")
     if not event.event_id or not event.batch_id:
         raise WebhookRejected(400, f"events[{index}] has an empty event_id or batch_id")
     return event
@@ -112,29 +115,43 @@ def parse(body: bytes) -> list[DeliveryEvent]:
     return [_event(raw, i) for i, raw in enumerate(events)]
 
 
+_FIELDS = (
+    "event_id",
+    "batch_id",
+    "campaign_id",
+    "recipient",
+    "type",
+    "reason",
+    "bounce_type",
+    "occurred_at",
+    "received_at",
+)
+
+
 def store(hook: DbApiHook, events: list[DeliveryEvent]) -> None:
-    """Insert events keyed by event_id; a redelivered event leaves the stored one as it was."""
+    """Insert events keyed by event_id, in one transaction; a redelivered event changes nothing
+    (not even its received_at), on any warehouse that has ``ON CONFLICT DO NOTHING``."""
     if not events:
         return
     received_at = utc_now_text()
-    hook.insert_rows(
-        EVENTS_TABLE,
-        [
-            (e.event_id, e.batch_id, e.campaign_id, e.recipient, e.type, e.reason, e.timestamp, received_at)
-            for e in {e.event_id: e for e in events}.values()
-        ],
-        target_fields=[
-            "event_id",
-            "batch_id",
-            "campaign_id",
-            "recipient",
-            "type",
-            "reason",
-            "occurred_at",
-            "received_at",
-        ],
-        replace=True,
-        replace_index=["event_id"],
-        replace_target=[],
-        executemany=True,
+    p = hook.placeholder
+    sql = (
+        f"INSERT INTO {EVENTS_TABLE} ({', '.join(_FIELDS)}) VALUES ({', '.join([p] * len(_FIELDS))}) "
+        "ON CONFLICT (event_id) DO NOTHING"
     )
+    rows = [
+        (
+            e.event_id,
+            e.batch_id,
+            e.campaign_id,
+            e.recipient,
+            e.type,
+            e.reason,
+            e.bounce_type,
+            e.timestamp,
+            received_at,
+        )
+        for e in {e.event_id: e for e in events}.values()
+    ]
+    with transaction(hook) as cur:
+        cur.executemany(sql, rows)

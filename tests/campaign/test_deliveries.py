@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+
 from include.campaign import ledger
 from include.campaign.deliveries import reconcile
 from include.migosmtp.webhooks import DeliveryEvent, store
@@ -17,15 +19,16 @@ def planned_and_scheduled(hook, batch_number, batch_id, recipients):
     ledger.record_scheduled(hook, "c1", batch_number, batch_id)
 
 
-def ev(event_id, type_, recipient, timestamp, batch_id="bat_1"):
-    return DeliveryEvent(event_id, type_, batch_id, recipient, ("campaign:c1",), timestamp, None)
+def ev(event_id, type_, recipient, timestamp, batch_id="bat_1", bounce_type=None):
+    return DeliveryEvent(event_id, type_, batch_id, recipient, ("campaign:c1",), timestamp, None, bounce_type)
 
 
 def deliveries(hook):
     return [
         tuple(r)
         for r in hook.get_records(
-            "SELECT batch_number, delivered, bounced, deferred, complained FROM email_batch_deliveries "
+            "SELECT batch_number, delivered, bounced, deferred, complained, unsubscribed "
+            "FROM email_batch_deliveries "
             "ORDER BY batch_number"
         )
     ]
@@ -45,7 +48,7 @@ class TestReconcile:
         assert reconcile(warehouse, "c1") == {"delivered_batches": 1, "partly_delivered_batches": 1}
 
         assert [r["status"] for r in ledger.rows(warehouse, "c1")] == ["delivered", "scheduled"]
-        assert deliveries(warehouse) == [(1, 2, 1, 0, 0), (2, 0, 0, 1, 0)]
+        assert deliveries(warehouse) == [(1, 2, 1, 0, 0, 0), (2, 0, 0, 1, 0, 0)]
 
     def test_out_of_order_and_duplicate_events_do_not_corrupt_the_counts(self, warehouse):
         ensure_schema(warehouse)
@@ -60,7 +63,7 @@ class TestReconcile:
         reconcile(warehouse, "c1")
         reconcile(warehouse, "c1")
 
-        assert deliveries(warehouse) == [(1, 1, 0, 0, 1)]
+        assert deliveries(warehouse) == [(1, 1, 0, 0, 1, 0)]
         assert ledger.rows(warehouse, "c1")[0]["status"] == "delivered"
 
     def test_events_for_unknown_batches_change_nothing(self, warehouse):
@@ -71,3 +74,66 @@ class TestReconcile:
         assert reconcile(warehouse, "c1") == {"delivered_batches": 0, "partly_delivered_batches": 0}
         assert ledger.rows(warehouse, "c1")[0]["status"] == "scheduled"
         assert deliveries(warehouse) == []
+
+    # (events of one recipient in the order they happen) -> the outcome it is counted as, and
+    # whether the batch is then final
+    @pytest.mark.parametrize(
+        ("sequence", "counted", "final"),
+        [
+            ([("bounced", "soft"), ("delivered", None)], "delivered", True),
+            ([("bounced", "soft"), ("bounced", "hard")], "bounced", True),
+            ([("bounced", "soft")], "deferred", False),
+            ([("deferred", None), ("delivered", None)], "delivered", True),
+            ([("delivered", None), ("complained", None)], "complained", True),
+            ([("delivered", None), ("unsubscribed", None)], "unsubscribed", True),
+            ([("unsubscribed", None), ("delivered", None)], "delivered", True),
+            ([("delivered", None), ("opened", None)], "delivered", True),
+        ],
+        ids=lambda v: "-".join(t if b is None else f"{t}:{b}" for t, b in v) if isinstance(v, list) else None,
+    )
+    def test_the_latest_event_of_a_recipient_wins(self, warehouse, sequence, counted, final):
+        ensure_schema(warehouse)
+        planned_and_scheduled(warehouse, 1, "bat_1", ["1"])
+        events = [
+            ev(f"e{i}", type_, "a@example.com", 10 * (i + 1), bounce_type=bounce)
+            for i, (type_, bounce) in enumerate(sequence)
+        ]
+        store(warehouse, events[::-1])  # arrival order does not matter
+
+        reconcile(warehouse, "c1")
+
+        outcomes = ("delivered", "bounced", "deferred", "complained", "unsubscribed")
+        assert deliveries(warehouse) == [(1, *(int(o == counted) for o in outcomes))]
+        assert ledger.rows(warehouse, "c1")[0]["status"] == ("delivered" if final else "scheduled")
+
+    def test_at_the_same_second_the_more_final_event_wins(self, warehouse):
+        ensure_schema(warehouse)
+        planned_and_scheduled(warehouse, 1, "bat_1", ["1", "2"])
+        store(
+            warehouse,
+            [
+                ev("e1", "unsubscribed", "a", 10),
+                ev("e2", "delivered", "a", 10),
+                ev("e3", "bounced", "b", 10, bounce_type="hard"),
+                ev("e4", "bounced", "b", 10, bounce_type="soft"),
+            ],
+        )
+
+        reconcile(warehouse, "c1")
+
+        assert deliveries(warehouse) == [(1, 0, 1, 0, 0, 1)]
+
+    def test_events_that_came_before_their_batch_was_recorded_count_once_it_is(self, warehouse):
+        ensure_schema(warehouse)
+        key = "bulk-email:c1:batch-1"
+        row = ledger.planned_row("c1", 1, key, ["1"], datetime(2026, 12, 1, tzinfo=UTC), "t")
+        warehouse.insert_rows(ledger.LEDGER_TABLE, [row], target_fields=list(ledger.FIELDS))
+        # The provider accepted the batch, but the task died before recording its id; the events
+        # arrive (without the campaign tag, even) and are stored under the unknown batch id.
+        store(warehouse, [DeliveryEvent("e1", "delivered", "bat_late", "a", (), 10, None)])
+        assert reconcile(warehouse, "c1") == {"delivered_batches": 0, "partly_delivered_batches": 0}
+
+        ledger.record_scheduled(warehouse, "c1", 1, "bat_late")  # the rerun finds it by idempotency key
+
+        assert reconcile(warehouse, "c1") == {"delivered_batches": 1, "partly_delivered_batches": 0}
+        assert deliveries(warehouse) == [(1, 1, 0, 0, 0, 0)]

@@ -32,6 +32,7 @@ DOCUMENTED_PARAMS = {
     "dry_run",
     "mode",
     "quota_policy",
+    "ignore_suppressions",
 }
 DEFAULTS = {
     "recipients_table": "recipients",
@@ -46,6 +47,7 @@ DEFAULTS = {
     "dry_run": False,
     "mode": "send",
     "quota_policy": "refuse",
+    "ignore_suppressions": False,
 }
 
 

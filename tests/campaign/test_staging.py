@@ -22,6 +22,7 @@ PARAMS = {
     "daily_cap": 400,
     "start_at": "2027-03-01T09:30:00Z",
     "dry_run": True,  # so the two plans compared do not hold slots against each other
+    "quota_policy": "ignore",  # about staging: no provider to ask
 }
 
 
@@ -81,7 +82,7 @@ class TestChunkSize:
 class TestPlanWriter:
     def test_a_chunk_that_fails_to_write_leaves_none_of_its_rows(self, warehouse):
         ensure_schema(warehouse)
-        staged = [("c1", 1, 1, "r1", "a@example.com", "{}")]
+        staged = [("c1", 1, 1, "r1", "a@example.com", "{}", 1)]
         planned_twice = [
             ("c1", 1, None, "k1", '["r1"]', 1, "planned", "2027-03-01T09:00:00Z", 0, None, "t", "t"),
         ] * 2  # the ledger's key refuses the second row
@@ -96,9 +97,9 @@ class TestPlanWriter:
     def test_staged_names_only_this_campaigns_earlier_rows(self, warehouse):
         ensure_schema(warehouse)
         with PlanWriter(warehouse, "c1") as writer:
-            writer.write_chunk([("c1", 1, 1, "r1", "a@example.com", "{}")], [], [])
+            writer.write_chunk([("c1", 1, 1, "r1", "a@example.com", "{}", 1)], [], [])
         with PlanWriter(warehouse, "c2") as writer:
-            writer.write_chunk([("c2", 1, 1, "r2", "b@example.com", "{}")], [], [])
+            writer.write_chunk([("c2", 1, 1, "r2", "b@example.com", "{}", 1)], [], [])
 
             assert writer.staged({"a@example.com", "b@example.com"}, {"r1", "r2", "r3"}) == (
                 {"b@example.com"},

@@ -95,7 +95,7 @@ class TestParse:
             (b'{"event": []}', "events"),
             (body_of("x"), "not an object"),
             (body_of({k: v for k, v in event().items() if k != "batch_id"}), "lacks batch_id"),
-            (body_of(event(type_="opened")), "not one of"),
+            (body_of(event(type_=7)), "type is not a non-empty string"),
             (body_of(event(timestamp="soon")), "wrong type"),
         ],
         ids=[
@@ -103,7 +103,7 @@ class TestParse:
             "no events list",
             "event not object",
             "missing field",
-            "unknown type",
+            "type not a string",
             "bad timestamp",
         ],
     )
