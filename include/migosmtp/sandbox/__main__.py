@@ -32,8 +32,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get(SECRET_ENV, Settings.webhook_secret),
         help=f"default: ${SECRET_ENV} (keeps it out of the process list)",
     )
-    for name in ("bounce-rate", "defer-rate", "complaint-rate", "webhook-duplicate-rate"):
-        webhooks.add_argument(f"--{name}", type=float, default=0.0)
+    for name in Settings.RATES:
+        webhooks.add_argument(f"--{name.replace('_', '-')}", type=float, default=0.0)
+    webhooks.add_argument(
+        "--followup-delay-seconds",
+        type=float,
+        default=Settings.followup_delay_seconds,
+        help="sandbox-clock delay of a recipient's second event",
+    )
     webhooks.add_argument("--webhook-batch-size", type=int, default=Settings.webhook_batch_size)
     webhooks.add_argument(
         "--webhook-retry-base-seconds", type=float, default=Settings.webhook_retry_base_seconds
@@ -71,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, value in values.items():
             Settings.check(name, value)
         settings = Settings(**values)
-        settings.update({})  # cross-field checks (rates summing to at most 1)
+        settings.update({})  # cross-field checks (outcome rates summing to at most 1)
     except ValueError as exc:
         print(f"invalid setting: {exc}", file=sys.stderr, flush=True)
         return 2

@@ -6,6 +6,13 @@ lookups and signed webhooks (see `delivery.py`), with a durable SQLite record. A
 `/_sandbox/` (no auth) reset state, change settings and queue faults
 (error statuses, latency, dropped connections, malformed bodies) so that
 clients can be tested against the failure modes they must survive.
+
+A batch's ``counts`` are per recipient, from its latest event emitted so far (a
+recipient's events change its state over time; counting events would count it
+twice): ``deferred`` holds the soft bounces too, both being temporary, and
+``bounced`` only the hard ones, so the counts never add up to more than the
+recipients and a client that polls instead of taking webhooks sees the same
+state a webhook receiver folds.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from include.migosmtp.sandbox.delivery import DeliveryWorker, send_at_string
+from include.migosmtp.sandbox.delivery import NOT_POSTED, OUTCOME_RATES, DeliveryWorker, send_at_string
 
 SEND_PATH = "/v1/email/send/bulk"
 BATCHES_PATH = "/v1/email/batches"
@@ -40,6 +47,7 @@ RESET_DRAIN_SECONDS = 30.0
 SEND_AT_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+")
 SEND_FIELDS = {"from", "subject", "html", "text", "recipients", "send_at", "tags"}
+COUNT_KEYS = ("delivered", "bounced", "deferred", "complained", "unsubscribed")
 DEFAULT_ERRORS = {
     400: "invalid_request",
     401: "invalid_api_key",
@@ -69,9 +77,14 @@ class Settings:
     # Delivery and webhooks (see delivery.py).
     webhook_url: str | None = None
     webhook_secret: str = "whsec_sandbox"
-    bounce_rate: float = 0.0
+    # Shares of recipients per event sequence (delivery.outcome); the rest are just delivered.
+    bounce_rate: float = 0.0  # hard bounces
+    soft_bounce_rate: float = 0.0
     defer_rate: float = 0.0
     complaint_rate: float = 0.0
+    unsubscribe_rate: float = 0.0
+    # Sandbox-clock seconds from a recipient's first event to its second.
+    followup_delay_seconds: float = 900.0
     webhook_batch_size: int = 100
     webhook_retry_base_seconds: float = 1.0
     webhook_retry_max_seconds: float = 600.0
@@ -81,8 +94,13 @@ class Settings:
     # Sandbox clock: real UTC plus this offset (POST /_sandbox/advance adds to it).
     clock_offset_seconds: float = 0.0
 
-    RATES = ("bounce_rate", "defer_rate", "complaint_rate", "webhook_duplicate_rate")
-    POSITIVE = ("webhook_retry_base_seconds", "webhook_retry_max_seconds", "rate_window_seconds")
+    RATES = (*OUTCOME_RATES, "webhook_duplicate_rate")
+    POSITIVE = (
+        "webhook_retry_base_seconds",
+        "webhook_retry_max_seconds",
+        "rate_window_seconds",
+        "followup_delay_seconds",
+    )
 
     @classmethod
     def check(cls, name: str, value: Any) -> None:
@@ -105,7 +123,7 @@ class Settings:
             if not number or not 0 <= value <= 1:
                 raise ValueError(f"{name} must be a number from 0 to 1")
         elif name in cls.POSITIVE:
-            if not number or value <= 0:
+            if not number or not 0 < value < math.inf:
                 raise ValueError(f"{name} must be a positive number")
         elif name == "webhook_retry_horizon_seconds":
             if not number or value < 0:
@@ -127,8 +145,9 @@ class Settings:
                 raise ValueError(f"unknown setting: {name}")
             self.check(name, value)
         merged = {**asdict(self), **changes}
-        if sum(merged[name] for name in ("bounce_rate", "defer_rate", "complaint_rate")) > 1:
-            raise ValueError("bounce_rate + defer_rate + complaint_rate must not exceed 1")
+        total = sum(merged[name] for name in OUTCOME_RATES)
+        if total > 1 + 1e-9:  # 0.2 + 0.4 + 0.3 + 0.1 is a little over 1 in floating point
+            raise ValueError(f"{' + '.join(OUTCOME_RATES)} must not exceed 1 (they add up to {total:g})")
         for name, value in changes.items():
             setattr(self, name, value)
 
@@ -197,16 +216,48 @@ class Store:
         type TEXT NOT NULL, reason TEXT, timestamp INTEGER NOT NULL,
         delivered INTEGER NOT NULL DEFAULT 0, tags_json TEXT NOT NULL,
         emitted_at REAL NOT NULL, skipped INTEGER NOT NULL DEFAULT 0,
-        dup_pending INTEGER NOT NULL DEFAULT 0);
+        dup_pending INTEGER NOT NULL DEFAULT 0, bounce_type TEXT,
+        position INTEGER NOT NULL DEFAULT -1, seq INTEGER NOT NULL DEFAULT 0,
+        failures INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL DEFAULT 0);
     CREATE INDEX IF NOT EXISTS events_batch ON events (batch_id);
+    CREATE TABLE IF NOT EXISTS scheduled_events (
+        event_id TEXT PRIMARY KEY, batch_id TEXT NOT NULL, position INTEGER NOT NULL,
+        recipient TEXT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL, reason TEXT,
+        bounce_type TEXT, timestamp INTEGER NOT NULL, occurs_at REAL NOT NULL,
+        tags_json TEXT NOT NULL);
+    CREATE INDEX IF NOT EXISTS scheduled_events_batch ON scheduled_events (batch_id);
     CREATE TABLE IF NOT EXISTS webhook_attempts (
         id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL,
         event_count INTEGER NOT NULL, status_code INTEGER, error TEXT);
     """
-    COUNTS_SQL = ", ".join(
-        f"(SELECT COUNT(*) FROM events e WHERE e.batch_id = batches.batch_id AND e.type = '{t}') AS count_{t}"
-        for t in ("delivered", "bounced", "deferred", "complained")
-    )
+    # Columns added to ``events`` since the first version, for database files made by it.
+    EVENT_COLUMNS_ADDED = {
+        "bounce_type": "TEXT",
+        "position": "INTEGER NOT NULL DEFAULT -1",
+        "seq": "INTEGER NOT NULL DEFAULT 0",
+        "failures": "INTEGER NOT NULL DEFAULT 0",
+        "next_attempt": "REAL NOT NULL DEFAULT 0",
+    }
+    # Per batch and recipient its latest emitted event (by sandbox time, then by place in the
+    # sequence), as a count key: a soft bounce is temporary like a deferral.
+    COUNTS_SQL = """
+        SELECT batch_id, kind, COUNT(*) AS n FROM (
+            SELECT batch_id,
+                CASE WHEN type = 'bounced' AND bounce_type = 'soft' THEN 'deferred' ELSE type END AS kind,
+                ROW_NUMBER() OVER (
+                    PARTITION BY batch_id, position ORDER BY timestamp DESC, seq DESC
+                ) AS newest
+            FROM events WHERE batch_id IN (SELECT batch_id FROM batches {where})
+        ) WHERE newest = 1 GROUP BY batch_id, kind
+    """
+    # Sending is over once no follow-up is waiting and every event was accepted or was not
+    # to be posted (no webhook_url); one given up past the horizon keeps the batch sending.
+    FINISH_SQL = f"""
+        UPDATE batches SET status = 'delivered' WHERE status = 'sending'
+        AND NOT EXISTS (SELECT 1 FROM scheduled_events s WHERE s.batch_id = batches.batch_id)
+        AND NOT EXISTS (SELECT 1 FROM events e WHERE e.batch_id = batches.batch_id
+            AND e.delivered = 0 AND e.skipped != {NOT_POSTED})
+    """
 
     def __init__(self, path: str) -> None:
         self._lock = threading.Lock()
@@ -214,6 +265,18 @@ class Store:
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.executescript(self.SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the columns a database file from an earlier sandbox lacks."""
+        with self._lock, self._conn:
+            have = {row["name"] for row in self._conn.execute("PRAGMA table_info(events)")}
+            missing = {k: v for k, v in self.EVENT_COLUMNS_ADDED.items() if k not in have}
+            for name, declaration in missing.items():
+                self._conn.execute(f"ALTER TABLE events ADD COLUMN {name} {declaration}")
+            if "position" in missing:
+                # Those events were one per recipient: give each its own place.
+                self._conn.execute("UPDATE events SET position = -rowid")
 
     def close(self) -> None:
         with self._lock:
@@ -270,11 +333,25 @@ class Store:
         return row["body_hash"], Response(row["status_code"], json.loads(row["response_json"]))
 
     def batches(self, where: str = "", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        rows = self._query(f"SELECT *, {self.COUNTS_SQL} FROM batches {where} ORDER BY rowid", params)
-        return [self._batch(row) for row in rows]
+        rows, counts = self._batch_rows(where, params)
+        return [self._batch(row, counts) for row in rows]
+
+    def _batch_rows(
+        self, where: str = "", params: tuple[Any, ...] = ()
+    ) -> tuple[list[sqlite3.Row], dict[str, dict[str, int]]]:
+        """The batches matching ``where`` and their counts, read together under the lock."""
+        with self._lock, self._conn:
+            rows = self._conn.execute(f"SELECT * FROM batches {where} ORDER BY rowid", params).fetchall()
+            counted = self._conn.execute(self.COUNTS_SQL.format(where=where), params).fetchall()
+        counts: dict[str, dict[str, int]] = {}
+        for r in counted:
+            if r["kind"] in COUNT_KEYS:
+                counts.setdefault(r["batch_id"], {})[r["kind"]] = r["n"]
+        return rows, counts
 
     @staticmethod
-    def _batch(row: sqlite3.Row) -> dict[str, Any]:
+    def _batch(row: sqlite3.Row, counts: dict[str, dict[str, int]]) -> dict[str, Any]:
+        counted = counts.get(row["batch_id"], {})
         return {
             "batch_id": row["batch_id"],
             "status": row["status"],
@@ -282,12 +359,12 @@ class Store:
             "recipient_count": row["recipient_count"],
             "tags": json.loads(row["tags_json"]),
             "idempotency_key": row["idempotency_key"],
-            "counts": {t: row[f"count_{t}"] for t in ("delivered", "bounced", "deferred", "complained")},
+            "counts": {t: counted.get(t, 0) for t in COUNT_KEYS},
         }
 
     def record(self) -> dict[str, Any]:
         """Everything stored, including message content, for assertions in tests."""
-        rows = self._query(f"SELECT *, {self.COUNTS_SQL} FROM batches ORDER BY rowid")
+        rows, counts = self._batch_rows()
         recipients = self._query("SELECT * FROM batch_recipients ORDER BY batch_id, position")
         by_batch: dict[str, list[dict[str, Any]]] = {}
         for r in recipients:
@@ -296,7 +373,7 @@ class Store:
             )
         batches = [
             {
-                **self._batch(row),
+                **self._batch(row, counts),
                 "from": row["from_email"],
                 "subject": row["subject"],
                 "html": row["html"],
@@ -357,43 +434,84 @@ class Store:
         )
         return [r["email"] for r in rows]
 
-    def emit_events(self, batch_id: str, events: list[dict[str, Any]], status: str) -> None:
+    def send_batch(
+        self, batch_id: str, events: list[dict[str, Any]], followups: list[dict[str, Any]]
+    ) -> None:
+        """Store a batch's first events (emitted now) and its follow-ups (emitted when due)."""
         with self._lock, self._conn:
             self._conn.executemany(
-                "INSERT INTO events (event_id, batch_id, recipient, type, reason, timestamp,"
-                " tags_json, emitted_at, skipped) VALUES (:event_id, :batch_id, :recipient,"
-                " :type, :reason, :timestamp, :tags_json, :emitted_at, :skipped)",
+                "INSERT INTO events (event_id, batch_id, position, recipient, seq, type, reason,"
+                " bounce_type, timestamp, tags_json, emitted_at, skipped) VALUES (:event_id,"
+                " :batch_id, :position, :recipient, :seq, :type, :reason, :bounce_type, :timestamp,"
+                " :tags_json, :emitted_at, :skipped)",
                 events,
             )
-            self._conn.execute(
-                "UPDATE batches SET status = ? WHERE batch_id = ? AND status = 'scheduled'",
-                (status, batch_id),
+            self._conn.executemany(
+                "INSERT INTO scheduled_events (event_id, batch_id, position, recipient, seq, type,"
+                " reason, bounce_type, timestamp, occurs_at, tags_json) VALUES (:event_id, :batch_id,"
+                " :position, :recipient, :seq, :type, :reason, :bounce_type, :timestamp, :occurs_at,"
+                " :tags_json)",
+                followups,
             )
+            self._conn.execute(
+                "UPDATE batches SET status = 'sending' WHERE batch_id = ? AND status = 'scheduled'",
+                (batch_id,),
+            )
+            self._conn.execute(self.FINISH_SQL)
 
-    def pending_events(self, limit: int, shuffle: bool = False) -> list[sqlite3.Row]:
-        order = "RANDOM()" if shuffle else "rowid"
-        return self._query(
-            f"SELECT * FROM events WHERE delivered = 0 AND skipped = 0 ORDER BY {order} LIMIT ?",
-            (limit,),
+    def emit_followups(self, now: float, emitted_at: float, skipped: int) -> int:
+        """Move the follow-ups due by sandbox time ``now`` into ``events``; how many moved."""
+        columns = (
+            "event_id, batch_id, position, recipient, seq, type, reason, bounce_type, timestamp, tags_json"
         )
+        with self._lock, self._conn:
+            moved = self._conn.execute(
+                f"INSERT INTO events ({columns}, emitted_at, skipped) SELECT {columns}, ?, ?"
+                " FROM scheduled_events WHERE occurs_at <= ? ORDER BY occurs_at, rowid",
+                (emitted_at, skipped, now),
+            ).rowcount
+            if moved:
+                self._conn.execute("DELETE FROM scheduled_events WHERE occurs_at <= ?", (now,))
+                self._conn.execute(self.FINISH_SQL)
+            return moved
 
-    def duplicate_events(self, limit: int) -> list[sqlite3.Row]:
-        return self._query("SELECT * FROM events WHERE dup_pending = 1 ORDER BY rowid LIMIT ?", (limit,))
+    def postable_events(self, limit: int, now: float, shuffle: bool = False) -> list[sqlite3.Row]:
+        """Up to ``limit`` events to POST now: not yet accepted, or accepted and to be re-sent once,
+        and not backing off. All were refused equally often (the first's count), so a refused
+        chunk is retried apart from fresh events; new events come before duplicates."""
+        due = "skipped = 0 AND next_attempt <= ? AND (delivered = 0 OR dup_pending = 1)"
+        order = "delivered, " + ("RANDOM()" if shuffle else "rowid")
+        with self._lock:
+            head = self._conn.execute(
+                f"SELECT failures FROM events WHERE {due} ORDER BY {order} LIMIT 1", (now,)
+            ).fetchone()
+            if head is None:
+                return []
+            return self._conn.execute(
+                f"SELECT * FROM events WHERE {due} AND failures = ? ORDER BY {order} LIMIT ?",
+                (now, head["failures"], limit),
+            ).fetchall()
 
     def accept_events(self, accepted: list[tuple[str, int]], duplicates: list[str]) -> None:
         """Mark events accepted (flagging some to be re-sent once) and finish their batches."""
         with self._lock, self._conn:
             self._conn.executemany(
-                "UPDATE events SET delivered = 1, dup_pending = ? WHERE event_id = ?",
+                "UPDATE events SET delivered = 1, dup_pending = ?, failures = 0, next_attempt = 0"
+                " WHERE event_id = ?",
                 [(dup, event_id) for event_id, dup in accepted],
             )
             self._conn.executemany(
-                "UPDATE events SET dup_pending = 0 WHERE event_id = ?",
+                "UPDATE events SET dup_pending = 0, failures = 0, next_attempt = 0 WHERE event_id = ?",
                 [(event_id,) for event_id in duplicates],
             )
-            self._conn.execute(
-                "UPDATE batches SET status = 'delivered' WHERE status = 'sending' AND NOT EXISTS"
-                " (SELECT 1 FROM events e WHERE e.batch_id = batches.batch_id AND e.delivered = 0)"
+            self._conn.execute(self.FINISH_SQL)
+
+    def refuse_events(self, event_ids: list[str], next_attempt: float) -> None:
+        """Count a refusal against each event and hold it back until ``next_attempt`` (unix time)."""
+        with self._lock, self._conn:
+            self._conn.executemany(
+                "UPDATE events SET failures = failures + 1, next_attempt = ? WHERE event_id = ?",
+                [(next_attempt, event_id) for event_id in event_ids],
             )
 
     def expire_events(self, emitted_before: float) -> int:
@@ -421,11 +539,12 @@ class Store:
                     "batch_id": r["batch_id"],
                     "recipient": r["recipient"],
                     "type": r["type"],
+                    "bounce_type": r["bounce_type"] or ("hard" if r["type"] == "bounced" else None),
                     "reason": r["reason"],
                     "timestamp": r["timestamp"],
                     "tags": json.loads(r["tags_json"]),
                     "delivered": r["delivered"],
-                    "skipped": r["skipped"],
+                    "skipped": int(r["skipped"] != 0),
                 }
                 for r in events
             ],
@@ -434,7 +553,15 @@ class Store:
 
     def clear(self) -> None:
         with self._lock, self._conn:
-            tables = ("batches", "batch_recipients", "idempotency", "requests", "events", "webhook_attempts")
+            tables = (
+                "batches",
+                "batch_recipients",
+                "idempotency",
+                "requests",
+                "events",
+                "scheduled_events",
+                "webhook_attempts",
+            )
             for table in tables:
                 self._conn.execute(f"DELETE FROM {table}")
             self._conn.execute("DELETE FROM sqlite_sequence WHERE name IN ('requests', 'webhook_attempts')")
@@ -666,7 +793,7 @@ class SandboxServer(ThreadingHTTPServer):
             self.settings = Settings(**asdict(self.initial_settings))
             self.faults.replace([])
             self.limiter.reset()
-            self.delivery.reset_backoff()
+            # Delivery keeps its retry state per event in the store, so clearing it resets that too.
 
     def server_close(self) -> None:
         super().server_close()

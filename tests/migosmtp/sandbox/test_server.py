@@ -105,6 +105,7 @@ def test_send_is_accepted_and_recorded_verbatim(sandbox: SandboxProcess) -> None
         "bounced": 0,
         "deferred": 0,
         "complained": 0,
+        "unsubscribed": 0,
     }
 
 
@@ -320,7 +321,7 @@ def test_lookups_by_key_tag_status_and_id(sandbox: SandboxProcess) -> None:
         "recipient_count": 2,
         "tags": ["spring"],
         "idempotency_key": "key-a",
-        "counts": {"delivered": 0, "bounced": 0, "deferred": 0, "complained": 0},
+        "counts": {"delivered": 0, "bounced": 0, "deferred": 0, "complained": 0, "unsubscribed": 0},
     }
     missing = get(sandbox, "/v1/email/batches/bat_missing")
     assert (missing.status_code, missing.json()["error"]) == (404, "not_found")
