@@ -25,6 +25,7 @@ LEDGER_TABLE = "email_batch_ledger"
 STAGING_TABLE = "email_campaign_recipients"
 REJECTED_TABLE = "email_rejected_recipients"
 HALTS_TABLE = "email_campaign_halts"
+ALERTS_TABLE = "email_campaign_alerts"
 EVENTS_TABLE = "email_events"
 DELIVERIES_TABLE = "email_batch_deliveries"
 CAMPAIGNS_TABLE = "email_campaigns"
@@ -86,6 +87,14 @@ _SCHEMA = (
         reason TEXT NOT NULL,
         halted_at TEXT NOT NULL,
         PRIMARY KEY (campaign_id, run_id))""",
+    # Alerts that go out once per run (a batch giving up on server errors): the key decides.
+    f"""CREATE TABLE IF NOT EXISTS {ALERTS_TABLE} (
+        campaign_id TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        batch_number INTEGER NOT NULL,
+        sent_at TEXT NOT NULL,
+        PRIMARY KEY (campaign_id, run_id, kind))""",
     # Delivery webhook events as received, one row per provider event_id.
     f"""CREATE TABLE IF NOT EXISTS {EVENTS_TABLE} (
         event_id TEXT PRIMARY KEY,

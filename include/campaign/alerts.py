@@ -1,4 +1,5 @@
-"""One alert per halted campaign run, as an Airflow notifier on the batches' failure callback.
+"""One alert per halted campaign run, and one per run whose batches gave up on server errors,
+as an Airflow notifier on the batches' failure callback.
 
 Always written to the task log. If a connection ``campaign_alerts`` exists it is
 also delivered there: an HTTP connection is a chat webhook (its host is the full
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 ALERTS_CONN_ID = "campaign_alerts"
+GAVE_UP = "gave_up_on_server_errors"
 
 
 def halt_message(campaign_id: str, run_id: str, batch_number: int, error: BaseException) -> str:
@@ -28,8 +30,34 @@ def halt_message(campaign_id: str, run_id: str, batch_number: int, error: BaseEx
     )
 
 
+def gave_up_message(campaign_id: str, run_id: str, batch_number: int, error: BaseException) -> str:
+    return (
+        f"MigoSMTP campaign {campaign_id!r}: batch {batch_number} gave up in run {run_id} after "
+        f"MigoSMTP's server errors or timeouts outlasted every retry: {error} The run goes on with "
+        "its other batches; those that fail are 'failed' in email_batch_ledger (this alert is sent "
+        "once per run). Once MigoSMTP is healthy, trigger the DAG with mode=retry_failed for this "
+        "campaign_id: each batch asks the API by idempotency key before it is sent again."
+    )
+
+
+def _first_alert_of_run(kind: str, campaign_id: str, run_id: str, batch_number: int) -> bool:
+    """True for the first batch of the run to claim this alert (the table's key decides)."""
+    from include.warehouse import ALERTS_TABLE, get_warehouse_hook, utc_now_text
+
+    hook = get_warehouse_hook()
+    p = hook.placeholder
+    inserted = hook.run(
+        f"INSERT INTO {ALERTS_TABLE} (campaign_id, run_id, kind, batch_number, sent_at) "
+        f"VALUES ({p}, {p}, {p}, {p}, {p}) ON CONFLICT (campaign_id, run_id, kind) DO NOTHING",
+        parameters=(campaign_id, run_id, kind, batch_number, utc_now_text()),
+        handler=lambda cur: cur.rowcount,
+    )
+    return inserted == 1
+
+
 class CampaignHaltNotifier(BaseNotifier):
-    """Alerts when a batch's failure halted its campaign run; stays silent for every other failure."""
+    """Alerts when a batch's failure halted its campaign run, and once per run when a batch gave up
+    on server errors; stays silent for every other failure (the run's failure says enough)."""
 
     template_fields = ()
 
@@ -38,12 +66,22 @@ class CampaignHaltNotifier(BaseNotifier):
         self.conn_id = conn_id
 
     def notify(self, context: Context) -> None:
+        from include.migosmtp.client import OutcomeUnknown, ServerError
+
         error = context.get("exception")
         # Set by the batch that raised the halt, so concurrent 402s still make one alert.
         halted = getattr(error, "halted_campaign", None)
-        if halted is None:
+        failed = getattr(error, "campaign_batch", None)
+        if halted is not None:
+            message = halt_message(*halted, error)
+        elif isinstance(error, (ServerError, OutcomeUnknown)) and failed is not None:
+            # The task only fails on these once the retry policy has given up on them.
+            if not _first_alert_of_run(GAVE_UP, *failed):
+                self.log.error("Batch %d gave up on server errors; the run was already alerted", failed[2])
+                return
+            message = gave_up_message(*failed, error)
+        else:
             return
-        message = halt_message(*halted, error)
         self.log.error("%s", message)
         try:
             connection = BaseHook.get_connection(self.conn_id)

@@ -523,6 +523,7 @@ def _send_batch(hook, settings: CampaignSettings, number: int, run_id: str) -> t
         raise
     except MigoSmtpError as err:
         ledger.record_failure(hook, campaign_id, number, str(err))
+        err.campaign_batch = (campaign_id, run_id, number)  # read by CampaignHaltNotifier
         raise
     ledger.record_scheduled(hook, campaign_id, number, batch_id)
     return {"batch_number": number, "batch_id": batch_id, "resent": True}, hold

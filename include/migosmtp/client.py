@@ -9,17 +9,21 @@ from the ``migosmtp_default`` connection like any other Airflow HTTP call.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import requests
 from airflow.providers.http.hooks.http import HttpHook
 from requests.auth import AuthBase
+from requests.exceptions import ChunkedEncodingError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -38,6 +42,16 @@ REQUEST_TIMEOUT_SECONDS = 30.0
 DEFAULT_RATE_LIMIT_WAIT_SECONDS = 60.0
 # The API's windows are a minute; a reset further out than this is not a rate window we understand.
 MAX_RATE_WINDOW_SECONDS = 120.0
+# The longest wait a provider's Retry-After may impose: past it (a broken header, or a date far
+# ahead) the batch waits this long and asks again; each 429 uses one of the task's retries.
+MAX_RETRY_AFTER_SECONDS = 900.0
+# Provider text (error messages, bodies) is capped and filtered before it reaches last_error,
+# logs and alerts.
+MAX_PROVIDER_TEXT = 300
+_CREDENTIAL = re.compile(
+    r"(?i)((?:authorization:?\s*)?(?:bearer|basic)\s+|authorization:?\s*|api[_-]?key[\"']?\s*[:=]\s*[\"']?|password[\"']?\s*[:=]\s*[\"']?)\S+"
+    r"|\b[A-Za-z0-9_\-]{32,}\b"
+)
 RESERVE_VARIABLE = "migosmtp_rate_limit_reserve"
 
 
@@ -74,6 +88,16 @@ class OutcomeUnknown(MigoSmtpError):
 
 class RequestRejected(MigoSmtpError):
     """Any other 4xx: the request itself is wrong, so resending it unchanged cannot help."""
+
+
+class IdempotencyConflict(RequestRejected):
+    """409: the idempotency key was used with another body: the batch changed since its first
+    attempt. The provider keeps the first; resending cannot help."""
+
+
+class InsecureConnection(InvalidApiKey):
+    """The connection would send the API key over plain http to a host that is not loopback.
+    Like a wrong key, the connection has to be fixed: not retried, and it halts the run."""
 
 
 class MalformedResponse(MigoSmtpError):
@@ -189,12 +213,57 @@ class MigoSmtpHook(HttpHook):
         super().__init__(method=method, http_conn_id=migosmtp_conn_id)
 
     def _extract_auth(self, connection: Connection) -> AuthBase:
-        if not connection.password:
+        key = (connection.password or "").strip()
+        if not key:
             raise InvalidApiKey(
                 f"connection {self.http_conn_id!r} has no password; set it to the MigoSMTP API key",
                 code="missing_api_key",
             )
-        return _BearerAuth(connection.password)
+        # A key pasted with a line break would make http.client raise an error that quotes the
+        # header, key included, in a form log masking does not recognise: refuse it here, unnamed.
+        if not all("!" <= ch <= "~" for ch in key):
+            raise InvalidApiKey(
+                f"the password of connection {self.http_conn_id!r} is not a usable MigoSMTP API key: "
+                "it contains spaces, line breaks or other characters an API key does not have; "
+                "paste the key again",
+                code="malformed_api_key",
+            )
+        return _BearerAuth(key)
+
+    def _set_base_url(self, connection: Connection) -> None:
+        super()._set_base_url(connection)
+        url = urlsplit(self.base_url)
+        if url.scheme != "https" and not _is_loopback(url.hostname):
+            raise InsecureConnection(
+                f"connection {self.http_conn_id!r} points at {url.scheme}://{url.hostname}: the API key "
+                "would travel unencrypted. Use https (the connection's schema 'https', or a host "
+                "starting with https://); plain http is allowed only on loopback (the sandbox)",
+                code="insecure_connection",
+            )
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host in (None, ""):
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def provider_text(text: str | None, secrets: Iterable[str] = ()) -> str:
+    """Provider-supplied text made safe to store and forward: one line, at most
+    ``MAX_PROVIDER_TEXT`` characters, anything that looks like a credential replaced."""
+    if not text:
+        return ""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    text = _CREDENTIAL.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_PROVIDER_TEXT else text[: MAX_PROVIDER_TEXT - 3] + "..."
 
 
 def idempotency_key(campaign_id: str, batch_number: int) -> str:
@@ -252,17 +321,27 @@ def _json_body(response: requests.Response) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-def _error_for(response: requests.Response, conn_id: str) -> MigoSmtpError:
+def _error_for(response: requests.Response, conn_id: str, secrets: Iterable[str] = ()) -> MigoSmtpError:
     status = response.status_code
     body = _json_body(response)
-    code = body.get("error")
-    detail = body.get("message") or code or response.text[:200] or response.reason
+    code = provider_text(str(body["error"]), secrets)[:64] if body.get("error") else None
+    detail = provider_text(body.get("message") or code or response.text or response.reason, secrets)
     if status == 429:
-        wait = parse_retry_after(response.headers.get("Retry-After"))
-        if wait is None:
-            wait = parse_retry_after(response.headers.get("X-RateLimit-Reset"))
-        wait = DEFAULT_RATE_LIMIT_WAIT_SECONDS if wait is None else wait
-        return RateLimited(f"MigoSMTP rate limit hit (429): retrying after {wait:g} s", wait)
+        asked = parse_retry_after(response.headers.get("Retry-After"))
+        if asked is None:
+            asked = parse_retry_after(response.headers.get("X-RateLimit-Reset"))
+        asked = DEFAULT_RATE_LIMIT_WAIT_SECONDS if asked is None else asked
+        wait = min(asked, MAX_RETRY_AFTER_SECONDS)
+        capped = "" if wait == asked else f" (it asked for {asked:g} s; waits are capped at {wait:g} s)"
+        return RateLimited(f"MigoSMTP rate limit hit (429): retrying after {wait:g} s{capped}", wait)
+    if status == 409:
+        return IdempotencyConflict(
+            f"MigoSMTP refused the batch (409 {code}): its idempotency key was first used with another "
+            "body, so the batch changed since its first attempt and the provider keeps that first "
+            f"version; not retried. Look the key up before sending anything for it: {detail}",
+            status,
+            code,
+        )
     if status == 402:
         return QuotaExceeded(
             f"MigoSMTP quota exceeded (402 {code}): {detail}. Upgrade the plan or wait for the "
@@ -303,7 +382,7 @@ class MigoSmtpClient:
             options["timeout"] = REQUEST_TIMEOUT_SECONDS
         try:
             return hook.run(endpoint, extra_options=options, **kwargs)
-        except (requests.Timeout, requests.ConnectionError) as err:
+        except (requests.Timeout, requests.ConnectionError, ChunkedEncodingError) as err:
             raise OutcomeUnknown(
                 f"no answer from MigoSMTP for {method} {endpoint} ({type(err).__name__}); "
                 "the request may or may not have been accepted"
@@ -313,25 +392,43 @@ class MigoSmtpClient:
         """Submit one batch. Raises a ``MigoSmtpError`` subclass that says what to do next."""
         response = self._request("POST", SEND_ENDPOINT, json=payload, headers={"Idempotency-Key": key})
         if not response.ok:
-            raise _error_for(response, self._conn_id)
+            raise self._error(response)
         body = _json_body(response)
         batch_id = body.get("batch_id")
+        window = RateWindow.from_headers(response.headers)
         if not isinstance(batch_id, str) or not batch_id:
-            raise MalformedResponse(
-                f"MigoSMTP answered {response.status_code} without a batch_id in JSON "
-                f"(body starts {response.text[:80]!r}); the batch's state is unknown, look it up by "
-                f"idempotency key {key!r} before resending",
+            # A 2xx says the provider probably took it: ask by key rather than call it failed.
+            found = self.find_batch(key)
+            if found is None or not isinstance(found.get("batch_id"), str) or not found["batch_id"]:
+                raise OutcomeUnknown(
+                    f"MigoSMTP answered {response.status_code} without a batch_id "
+                    f"(body starts {provider_text(response.text[:80])!r}) and has no batch under "
+                    f"idempotency key {key!r} yet; retried, and the retry asks again first",
+                    response.status_code,
+                )
+            log.warning(
+                "MigoSMTP answered %s without a batch_id; found %s by idempotency key",
                 response.status_code,
+                found["batch_id"],
             )
+            return SendReceipt(found["batch_id"], str(found.get("status", "scheduled")), False, window)
         replayed = response.headers.get("Idempotent-Replayed", "").lower() == "true"
         status = str(body.get("status", "scheduled"))
-        return SendReceipt(batch_id, status, replayed, RateWindow.from_headers(response.headers))
+        return SendReceipt(batch_id, status, replayed, window)
+
+    def _error(self, response: requests.Response) -> MigoSmtpError:
+        """The error for a non-2xx answer, its text filtered of this connection's key too."""
+        try:
+            key = MigoSmtpHook.get_connection(self._conn_id).password or ""
+        except Exception:  # noqa: BLE001 - the error must still be raised without it
+            key = ""
+        return _error_for(response, self._conn_id, (key, key.strip()))
 
     def get_batch(self, batch_id: str) -> dict[str, Any]:
         """A batch's live status and per-outcome ``counts``."""
         response = self._request("GET", f"{BATCHES_ENDPOINT}/{batch_id}")
         if not response.ok:
-            raise _error_for(response, self._conn_id)
+            raise self._error(response)
         batch = _json_body(response)
         if not isinstance(batch.get("counts"), dict):
             raise MalformedResponse(
@@ -344,7 +441,7 @@ class MigoSmtpClient:
         """This month's quota: its limit and what the account has used."""
         response = self._request("GET", QUOTA_ENDPOINT)
         if not response.ok:
-            raise _error_for(response, self._conn_id)
+            raise self._error(response)
         body = _json_body(response)
         limit, used = body.get("monthly_limit"), body.get("monthly_used")
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (limit, used)):
@@ -359,7 +456,7 @@ class MigoSmtpClient:
         """The batch accepted under an idempotency key, or None if the provider has none."""
         response = self._request("GET", BATCHES_ENDPOINT, data={"idempotency_key": key})
         if not response.ok:
-            raise _error_for(response, self._conn_id)
+            raise self._error(response)
         batches = _json_body(response).get("batches")
         if not isinstance(batches, list):
             raise MalformedResponse(

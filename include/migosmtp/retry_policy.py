@@ -2,11 +2,12 @@
 
 | Error                         | Decision                                                   |
 |-------------------------------|------------------------------------------------------------|
-| 429 rate_limited              | retry after ``Retry-After``                                |
+| 429 rate_limited              | retry after ``Retry-After`` (at most 15 min, see client)   |
 | 402 quota_exceeded            | fail now: no retry can help until the plan changes         |
-| 401 invalid_api_key           | fail now: do not retry with bad auth                       |
-| 5xx, timeout, dropped answer  | retry after 10 s, 30 s, 2 min; then fail                   |
-| other 4xx, malformed answer   | fail now, with the API's message                           |
+| 401 invalid_api_key           | fail now: do not retry with bad auth (or plain http)       |
+| 5xx, timeout, dropped answer, | retry after 10 s, 30 s, 2 min; then fail (and alert once   |
+| broken body, 2xx without id   | per run); every retry asks by idempotency key first        |
+| 409, other 4xx, malformed     | fail now, with the API's message                           |
 | anything else (the warehouse) | the task's retry delay, at most 3 retries                  |
 
 Server-side failures are counted in the task's state store, so 429 retries
@@ -83,7 +84,9 @@ class MigoSmtpRetryPolicy(RetryPolicy):
         )
 
         if isinstance(exception, RateLimited):
-            return RetryDecision.retry(timedelta(seconds=exception.retry_after), reason=str(exception))
+            # The client caps what the provider asks; this bound also holds for any other source.
+            wait = min(max(float(exception.retry_after), 0.0), MAX_DELAY_SECONDS)
+            return RetryDecision.retry(timedelta(seconds=wait), reason=str(exception))
         if isinstance(exception, (ServerError, OutcomeUnknown)):
             delays = _server_error_delays()
             failures = _count_transient_failure(context, try_number)

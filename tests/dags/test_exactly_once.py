@@ -11,6 +11,7 @@ from __future__ import annotations
 import email
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -80,6 +81,23 @@ def assert_exactly_once(name, sandbox, warehouse, started, recipients=RECIPIENTS
     assert {r["idempotency_key"]: (r["batch_id"], r["recipient_count"]) for r in rows} == sent
 
 
+def assert_looked_up_before_every_resend(sandbox):
+    """Per idempotency key: after its first POST, each later POST follows a look-up by that key."""
+    looked_up: set[str] = set()
+    posted: set[str] = set()
+    lookups = 0
+    for r in api_requests(sandbox):
+        key = r["idempotency_key"]
+        if r["method"] == "GET" and key:
+            looked_up.add(key)
+            lookups += 1
+        elif r["method"] == "POST":
+            assert key not in posted or key in looked_up, f"batch {key} resent without a look-up"
+            posted.add(key)
+            looked_up.discard(key)
+    assert lookups, "no look-up happened at all"
+
+
 class TestTransientFaults:
     def test_429_storm_with_retry_after(self, run_campaign, audience, sandbox, started):
         sandbox.set_faults([{"action": "status", "status": 429, "retry_after": "1", "times": 8}])
@@ -89,6 +107,27 @@ class TestTransientFaults:
         assert run.state == "success"
         assert [r["status_code"] for r in api_requests(sandbox) if r["method"] == "POST"].count(429) == 8
         assert_exactly_once("429 storm (8 x Retry-After: 1)", sandbox, audience, started)
+
+    @pytest.mark.parametrize("storm", [12, 13])
+    def test_429s_are_retried_up_to_the_dags_retries_and_no_further(
+        self, run_campaign, audience, sandbox, storm
+    ):
+        from tests.conftest import load_campaign_dag
+
+        tries = load_campaign_dag().get_task("send_batch").retries + 1  # the first try included
+        sandbox.set_faults([{"action": "status", "status": 429, "retry_after": "0", "times": storm}])
+
+        state = run_campaign(**{**CONF, "max_batch_size": RECIPIENTS}).state  # one batch takes them all
+
+        posts = [r["status_code"] for r in api_requests(sandbox) if r["method"] == "POST"]
+        [entry] = ledger(audience)
+        assert tries == 13
+        if storm < tries:
+            assert (state, entry["status"]) == ("success", "scheduled")
+            assert posts == [429] * storm + [202]
+        else:
+            assert (state, entry["status"]) == ("failed", "failed")
+            assert posts == [429] * tries and "429" in entry["last_error"]
 
     def test_5xx_burst_that_recovers(self, run_campaign, audience, sandbox, started):
         sandbox.set_faults([{"action": "status", "status": 503, "times": 5}])
@@ -111,6 +150,7 @@ class TestTransientFaults:
         ]  # first try + 3 retries, per the article
         assert len([r for r in api_requests(sandbox) if r["method"] == "POST"]) == 12
         assert received(sandbox) == {}
+        assert_looked_up_before_every_resend(sandbox)
 
         sandbox.set_faults([])
         assert run_campaign(**RESUME).state == "success"
@@ -118,10 +158,20 @@ class TestTransientFaults:
 
     def test_timeouts(self, run_campaign, audience, sandbox, started, monkeypatch):
         point_migosmtp_at(monkeypatch, sandbox, timeout=1)
+        # The retry comes after the late request was handled (and logged): the log's order is the
+        # order things happened in.
+        monkeypatch.setenv("AIRFLOW_VAR_MIGOSMTP_SERVER_ERROR_DELAYS", "[2.5, 2.5, 2.5]")
         sandbox.set_faults([{"action": "latency", "seconds": 2, "times": 2}])
 
         assert run_campaign(**CONF).state == "success"
 
+        assert_looked_up_before_every_resend(sandbox)
+        requests = api_requests(sandbox)
+        # Both timed-out requests reached the sandbox (it answers late): the look-ups find them,
+        # so no batch is POSTed a second time.
+        posts = [r for r in requests if r["method"] == "POST"]
+        assert len(posts) == len({r["idempotency_key"] for r in posts}) == 3
+        assert len([r for r in requests if r["method"] == "GET" and r["idempotency_key"]]) == 2
         assert_exactly_once("timeouts (2 x 2 s against a 1 s timeout)", sandbox, audience, started)
 
     def test_accepted_then_answer_dropped(self, run_campaign, audience, sandbox, started):
@@ -132,6 +182,7 @@ class TestTransientFaults:
         assert (
             len([r for r in api_requests(sandbox) if r["method"] == "POST"]) == 3
         )  # found by key, not re-posted
+        assert_looked_up_before_every_resend(sandbox)
         assert_exactly_once("accept, then drop the answer (x2)", sandbox, audience, started)
 
 
@@ -295,6 +346,18 @@ class TestHaltAlerts:
         )
         assert message["Subject"] == "MigoSMTP campaign halted"
         assert "campaign &#x27;c1&#x27; halted" in body and "invalid_api_key" in body
+
+    def test_batches_that_give_up_on_server_errors_raise_one_alert_per_run(
+        self, run_campaign, audience, sandbox, chat_webhook
+    ):
+        sandbox.set_faults([{"action": "status", "status": 503, "times": 1000}])
+
+        assert run_campaign(**CONF).state == "failed"
+
+        assert [r["status"] for r in ledger(audience)] == ["failed"] * 3  # all three gave up
+        [alert] = chat_webhook
+        assert re.search(r"campaign 'c1': batch [123] gave up", alert["text"]) and "503" in alert["text"]
+        assert "mode=retry_failed" in alert["text"]
 
     def test_failures_that_do_not_halt_raise_no_alert(self, run_campaign, audience, sandbox, chat_webhook):
         sandbox.set_faults([{"action": "status", "status": 400}])

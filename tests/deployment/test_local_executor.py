@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,7 @@ from tests.deployment.airflow_stack import DAG_ID, AirflowStack
 from tests.deployment.campaign_checks import (
     API_KEY,
     BAD_EVERY,
+    BATCHES,
     RECIPIENTS,
     VARIABLES,
     RunReport,
@@ -37,6 +42,7 @@ def test_a_campaign_triggered_over_rest_is_sent_once_within_the_pool(tmp_path, p
     start_at = first_slot()
 
     with (
+        ChatWebhook() as alerts,
         SandboxProcess(tmp_path / "sandbox.db", api_key=API_KEY) as sandbox,
         AirflowStack(
             tmp_path / "stack",
@@ -46,6 +52,7 @@ def test_a_campaign_triggered_over_rest_is_sent_once_within_the_pool(tmp_path, p
             connections={
                 "migosmtp_default": sandbox.airflow_connection(),
                 "warehouse_default": postgres_warehouse.connection,
+                "campaign_alerts": {"conn_type": "http", "host": alerts.url},
             },
             variables=VARIABLES,
         ) as stack,
@@ -56,6 +63,13 @@ def test_a_campaign_triggered_over_rest_is_sent_once_within_the_pool(tmp_path, p
         report = RunReport.collect(stack, run_id, run)
         record, requests = sandbox.record(), sandbox.requests()
         worker_libraries = _executor_worker_libraries(stack.process("scheduler").popen.pid)
+
+        # Then a campaign whose first two batches, side by side, both meet a 402 (answered slowly,
+        # so the second is sent before the first halt is recorded): one halt, one alert.
+        sandbox.set_faults([{"action": "status", "status": 402, "times": 2, "seconds": 5}])
+        halted_id = stack.api.trigger_dag_run(DAG_ID, campaign_conf("deploy-402", start_at))
+        halted_run = stack.wait_for_dag_run(DAG_ID, halted_id)
+        halted_requests = [r for r in sandbox.requests() if "deploy-402" in (r["idempotency_key"] or "")]
 
     assert_mapped_batches_succeeded(report)
     assert_each_recipient_sent_once(record, expected_send_at(start_at))
@@ -70,6 +84,39 @@ def test_a_campaign_triggered_over_rest_is_sent_once_within_the_pool(tmp_path, p
     # by plugins/migosmtp_preload.py, so no task process imports it again.
     assert len(worker_libraries) >= 2
     assert all(any("/aiohttp/" in path for path in paths) for paths in worker_libraries.values())
+
+    assert halted_run["state"] == "failed"
+    assert [r["status_code"] for r in halted_requests if r["method"] == "POST"] == [402, 402]
+    statuses = Counter(r["status"] for r in ledger_rows(postgres_warehouse.hook, "deploy-402"))
+    assert statuses == {"failed": 2, "halted": BATCHES - 2}, statuses
+    [alert] = alerts.received
+    assert "campaign 'deploy-402' halted" in alert["text"] and "402" in alert["text"]
+
+
+class ChatWebhook:
+    """A chat incoming-webhook on loopback (the ``campaign_alerts`` connection's host)."""
+
+    def __init__(self) -> None:
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_port}/hooks/ops"
+
+    def __enter__(self):
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self._server.shutdown()
 
 
 def _executor_worker_libraries(scheduler_pid: int) -> dict[int, set[str]]:

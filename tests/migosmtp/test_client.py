@@ -21,7 +21,11 @@ import requests
 
 from include.campaign.audience import Recipient
 from include.migosmtp.client import (
+    MAX_PROVIDER_TEXT,
+    MAX_RETRY_AFTER_SECONDS,
     MIGOSMTP_CONN_ID,
+    IdempotencyConflict,
+    InsecureConnection,
     InvalidApiKey,
     MalformedResponse,
     MigoSmtpClient,
@@ -40,7 +44,9 @@ from include.migosmtp.client import (
     idempotency_key,
     parse_retry_after,
     pause_after_send,
+    provider_text,
 )
+from include.migosmtp.retry_policy import MigoSmtpRetryPolicy
 
 API_KEY = "test-key"
 SEND_AT = datetime(2030, 5, 1, 9, 0, 0, tzinfo=UTC)
@@ -362,11 +368,13 @@ class TestSendBulk:
     def test_same_key_different_body_is_rejected_as_conflict(self, clean_sandbox) -> None:
         client = MigoSmtpClient()
         first = client.send_bulk(make_payload(2), "k-conflict")
-        with pytest.raises(RequestRejected) as excinfo:
+        with pytest.raises(IdempotencyConflict) as excinfo:
             client.send_bulk(make_payload(3), "k-conflict")
         err = excinfo.value
         assert (err.status, err.code) == (409, "idempotency_conflict")
+        assert "the batch changed since its first attempt" in str(err)
         assert "already used with a different request body" in str(err)
+        assert MigoSmtpRetryPolicy().evaluate(err, 1, 13).retry_delay is None  # never retried
         assert [b["batch_id"] for b in clean_sandbox.record()["batches"]] == [first.batch_id]
 
     def test_429_raises_rate_limited_with_retry_after_seconds(self, clean_sandbox) -> None:
@@ -524,22 +532,45 @@ class TestSendBulk:
         assert client.find_batch("k-lost") is None
         assert clean_sandbox.record()["batches"] == []
 
-    def test_malformed_2xx_raises_malformed_response(self, clean_sandbox) -> None:
+    def test_a_2xx_without_batch_id_is_looked_up_by_key_and_found(self, clean_sandbox) -> None:
         clean_sandbox.set_faults([{"action": "malformed", "accept": True}])
-        client = MigoSmtpClient()
-        with pytest.raises(MalformedResponse) as excinfo:
-            client.send_bulk(make_payload(1), "k-garbled")
+
+        receipt = MigoSmtpClient().send_bulk(make_payload(1), "k-garbled")
+
+        [batch] = clean_sandbox.record()["batches"]
+        assert receipt.batch_id == batch["batch_id"]
+        calls = [(r["method"], r["path"]) for r in clean_sandbox.requests()]
+        assert calls == [("POST", "/v1/email/send/bulk"), ("GET", "/v1/email/batches")]
+
+    def test_a_2xx_without_batch_id_and_nothing_under_the_key_is_an_unknown_outcome(
+        self, clean_sandbox
+    ) -> None:
+        clean_sandbox.set_faults([{"action": "malformed", "accept": False}])
+
+        with pytest.raises(OutcomeUnknown) as excinfo:
+            MigoSmtpClient().send_bulk(make_payload(1), "k-garbled")
+
         err = excinfo.value
         assert err.status == 202
-        message = str(err)
-        assert "without a batch_id" in message
-        assert "'not json {'" in message
-        assert "'k-garbled'" in message
+        assert "without a batch_id" in str(err) and "'not json {'" in str(err) and "'k-garbled'" in str(err)
+        assert MigoSmtpRetryPolicy().evaluate(err, 1, 13).retry_delay is not None  # retried
+
+    def test_a_body_broken_mid_stream_is_an_unknown_outcome_and_the_batch_can_be_found(
+        self, clean_sandbox
+    ) -> None:
+        clean_sandbox.set_faults([{"action": "break_body"}])
+        client = MigoSmtpClient()
+
+        with pytest.raises(OutcomeUnknown, match="ChunkedEncodingError"):
+            client.send_bulk(make_payload(1), "k-broken")
+
         [batch] = clean_sandbox.record()["batches"]
-        assert client.find_batch("k-garbled")["batch_id"] == batch["batch_id"]
+        assert client.find_batch("k-broken")["batch_id"] == batch["batch_id"]
 
     def test_errors_are_migosmtp_errors(self) -> None:
         for cls in (
+            IdempotencyConflict,
+            InsecureConnection,
             InvalidApiKey,
             MalformedResponse,
             OutcomeUnknown,
@@ -631,3 +662,99 @@ class TestGetQuota:
         clean_sandbox.set_faults([{"action": "drop", "endpoint": "quota"}])
         with pytest.raises(OutcomeUnknown):
             MigoSmtpClient().get_quota()
+
+
+class TestRetryAfterBound:
+    @pytest.mark.parametrize(
+        "retry_after",
+        ["100000000000000", format_datetime(datetime(9999, 1, 1, tzinfo=UTC), usegmt=True)],
+        ids=["1e14 seconds", "the year 9999"],
+    )
+    def test_a_huge_retry_after_is_capped_and_said_so(self, clean_sandbox, retry_after) -> None:
+        clean_sandbox.set_faults([{"action": "status", "status": 429, "retry_after": retry_after}])
+
+        with pytest.raises(RateLimited) as excinfo:
+            MigoSmtpClient().send_bulk(make_payload(1), "k-forever")
+
+        err = excinfo.value
+        assert err.retry_after == MAX_RETRY_AFTER_SECONDS
+        assert "capped" in str(err)
+        decision = MigoSmtpRetryPolicy().evaluate(err, 1, 13)
+        assert decision.retry_delay == timedelta(seconds=MAX_RETRY_AFTER_SECONDS)
+
+    def test_the_policy_bounds_a_wait_from_anywhere(self) -> None:
+        decision = MigoSmtpRetryPolicy().evaluate(RateLimited("slow down", 1e14), 1, 13)
+
+        assert decision.retry_delay == timedelta(days=1)
+
+
+class TestApiKeyHygiene:
+    def test_whitespace_around_the_key_is_stripped(self, clean_sandbox, monkeypatch) -> None:
+        set_connection(monkeypatch, clean_sandbox, password=f"  {API_KEY}\n")
+
+        assert MigoSmtpClient().send_bulk(make_payload(1), "k-padded").batch_id
+
+    @pytest.mark.parametrize("broken", [f"{API_KEY[:4]}\r\n{API_KEY[4:]}", f"{API_KEY[:4]} {API_KEY[4:]}"])
+    def test_a_key_with_a_line_break_or_space_inside_is_refused_without_showing_it(
+        self, clean_sandbox, monkeypatch, caplog, broken
+    ) -> None:
+        caplog.set_level(logging.DEBUG)
+        set_connection(monkeypatch, clean_sandbox, password=broken)
+
+        with pytest.raises(InvalidApiKey) as excinfo:
+            MigoSmtpClient().send_bulk(make_payload(1), "k-broken-key")
+
+        message = str(excinfo.value)
+        assert "'migosmtp_default'" in message and "not a usable MigoSMTP API key" in message
+        for shown in (message, caplog.text, repr(excinfo.value)):
+            assert API_KEY[:4] not in shown and API_KEY[4:] not in shown
+        assert clean_sandbox.requests() == []
+
+
+class TestHttpsOnly:
+    @pytest.mark.parametrize(
+        "fields",
+        [
+            {"host": "api.migosmtp.com", "schema": "http"},
+            {"host": "http://api.migosmtp.com"},
+            {"host": "10.0.0.5"},
+        ],
+        ids=["schema http", "http in the host", "no schema means http"],
+    )
+    def test_plain_http_to_a_remote_host_is_refused_before_any_request(self, monkeypatch, fields) -> None:
+        conn = {"conn_type": "http", "password": API_KEY, **fields}
+        monkeypatch.setenv("AIRFLOW_CONN_MIGOSMTP_DEFAULT", json.dumps(conn))
+
+        with pytest.raises(InsecureConnection, match=r"connection 'migosmtp_default' .* unencrypted.*https"):
+            MigoSmtpClient(timeout=1).send_bulk(make_payload(1), "k-plain")
+
+    @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+    def test_plain_http_on_loopback_is_allowed(self, clean_sandbox, monkeypatch, host) -> None:
+        set_connection(monkeypatch, clean_sandbox, host=host, password=API_KEY)
+
+        assert MigoSmtpClient().find_batch("k-none") is None
+
+
+class TestProviderText:
+    def test_credentials_are_redacted_and_the_text_capped(self) -> None:
+        text = (
+            "failed for Authorization: Bearer sk_live_abcdef with api_key=hunter2 "
+            f"password: 'pw123' token {'A' * 40} and the key {API_KEY}\n" + "more words " * 100
+        )
+
+        safe = provider_text(text, [API_KEY])
+
+        for secret in ("sk_live_abcdef", "hunter2", "pw123", "A" * 40, API_KEY, "\n"):
+            assert secret not in safe
+        assert len(safe) == MAX_PROVIDER_TEXT and safe.endswith("...")
+        assert safe.startswith("failed for Authorization: Bearer [redacted] with api_key=[redacted]")
+
+    def test_a_provider_message_with_the_key_in_it_never_reaches_the_error(self, clean_sandbox) -> None:
+        leak = f"upstream said Bearer {API_KEY} was fine; " + "y" * 2000
+        clean_sandbox.set_faults([{"action": "status", "status": 500, "message": leak}])
+
+        with pytest.raises(ServerError) as excinfo:
+            MigoSmtpClient().send_bulk(make_payload(1), "k-leak")
+
+        assert API_KEY not in str(excinfo.value)
+        assert len(str(excinfo.value)) < MAX_PROVIDER_TEXT + 100

@@ -37,7 +37,52 @@ def body_of(*events) -> bytes:
     return json.dumps({"events": list(events)}).encode()
 
 
+# A fixed vector, computed outside this code base:
+#   printf '%s' '1767225600.{"events":[...]}' | openssl dgst -sha256 -hmac 'whsec_test_vector'
+VECTOR_SECRET = "whsec_test_vector"
+VECTOR_TIMESTAMP = "1767225600"
+VECTOR_BODY = b'{"events":[{"event_id":"evt_1","type":"delivered"}]}'
+VECTOR_SIGNATURE = "v1=f89b38c3f1dc5e4d6e61759e9a249cc46cf8a9646ec5840704266d8326d06c46"
+
+
 class TestVerify:
+    def test_the_fixed_test_vector_verifies(self):
+        verify(VECTOR_SECRET, VECTOR_TIMESTAMP, VECTOR_SIGNATURE, VECTOR_BODY, now=int(VECTOR_TIMESTAMP))
+        assert sign(VECTOR_SECRET, VECTOR_TIMESTAMP, VECTOR_BODY) == VECTOR_SIGNATURE
+
+    @pytest.mark.parametrize(
+        "change",
+        [
+            {"secret": VECTOR_SECRET + "x"},
+            {"timestamp": str(int(VECTOR_TIMESTAMP) + 1)},
+            {"body": VECTOR_BODY.replace(b"delivered", b"bounced")},
+            {"signature": VECTOR_SIGNATURE.replace("v1=", "v2=")},
+        ],
+        ids=["secret", "timestamp", "body", "scheme"],
+    )
+    def test_the_vector_with_any_part_changed_is_refused(self, change):
+        args = {
+            "secret": VECTOR_SECRET,
+            "timestamp": VECTOR_TIMESTAMP,
+            "signature": VECTOR_SIGNATURE,
+            "body": VECTOR_BODY,
+        } | change
+        with pytest.raises(WebhookRejected, match="does not match"):
+            verify(
+                args["secret"], args["timestamp"], args["signature"], args["body"], now=int(VECTOR_TIMESTAMP)
+            )
+
+    @pytest.mark.parametrize(
+        ("age", "accepted"), [(300, True), (301, False), (-300, True), (-301, False)], ids=str
+    )
+    def test_the_replay_window_is_300_seconds_either_way(self, age, accepted):
+        now = int(VECTOR_TIMESTAMP) + age
+        if accepted:
+            verify(VECTOR_SECRET, VECTOR_TIMESTAMP, VECTOR_SIGNATURE, VECTOR_BODY, now=now)
+        else:
+            with pytest.raises(WebhookRejected, match="replay window"):
+                verify(VECTOR_SECRET, VECTOR_TIMESTAMP, VECTOR_SIGNATURE, VECTOR_BODY, now=now)
+
     def test_a_correctly_signed_fresh_body_passes(self):
         body = body_of(event())
         verify(SECRET, str(NOW), sign(SECRET, str(NOW), body), body, now=NOW + 10)

@@ -5,10 +5,12 @@ from tests through :class:`SandboxProcess`. Besides the ``/v1`` API it offers
 admin endpoints under ``/_sandbox/`` (health, reset, faults, settings, record,
 requests) for tests to inject faults and inspect what was stored.
 
-Fault actions: ``status`` (answer with an error status), ``latency`` (sleep,
+Fault actions: ``status`` (answer with an error status, after ``seconds``), ``latency`` (sleep,
 then handle), ``drop_after_accept`` (handle, then close the connection without
-answering), ``drop`` (close without handling) and ``malformed`` (answer 202
-with a body that is not JSON, storing the batch only if ``accept`` is true).
+answering), ``drop`` (close without handling), ``malformed`` (answer 202
+with a body that is not JSON, storing the batch only if ``accept`` is true) and
+``break_body`` (handle, then start a chunked answer and close the connection
+in the middle of it).
 """
 
 from include.migosmtp.sandbox.harness import SandboxError, SandboxProcess

@@ -581,7 +581,7 @@ class Fault:
     seconds: float = 0.0
     accept: bool = False
 
-    ACTIONS = ("status", "latency", "drop_after_accept", "drop", "malformed")
+    ACTIONS = ("status", "latency", "drop_after_accept", "drop", "malformed", "break_body")
     ENDPOINTS = ("send", "lookup", "quota", "any")
 
     @classmethod
@@ -833,9 +833,11 @@ class SandboxHandler(BaseHTTPRequestHandler):
         fault = self.server.faults.take(self._fault_endpoints(req.path))
         with self.server.api_call():
             resp = self._serve(req, fault)
-            self._log(req.path, resp, fault.action if fault else None)
+            self._log(req, resp, fault.action if fault else None)
         if resp is None or (fault and fault.action == "drop_after_accept"):
             self._drop()
+        elif fault and fault.action == "break_body":
+            self._break_body(resp)
         else:
             self._respond(resp)
 
@@ -847,6 +849,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
             case "drop":
                 return None
             case "status":
+                time.sleep(fault.seconds)  # a slow error, so concurrent requests meet it too
                 return fault.response()
             case "latency":
                 time.sleep(fault.seconds)
@@ -855,7 +858,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
                 if fault.accept:
                     self._handle(API_ROUTES, req, auth=True)
                 return MALFORMED
-            case _:  # drop_after_accept: handled normally, the answer is withheld
+            case _:  # drop_after_accept, break_body: handled normally, the answer withheld or cut
                 return self._handle(API_ROUTES, req, auth=True)
 
     def _fault_endpoints(self, path: str) -> set[str]:
@@ -892,12 +895,13 @@ class SandboxHandler(BaseHTTPRequestHandler):
         expected = self.server.settings.api_key.encode()
         return scheme.lower() == "bearer" and hmac.compare_digest(key.strip().encode(), expected)
 
-    def _log(self, path: str, resp: Response | None, fault: str | None) -> None:
+    def _log(self, req: Request, resp: Response | None, fault: str | None) -> None:
+        # A look-up by key is logged with the key it asked for, so tests can see it precede a resend.
         self.server.store.log_request(
             self.command,
-            path,
+            req.path,
             resp.status if resp else None,
-            self.headers.get("Idempotency-Key"),
+            self.headers.get("Idempotency-Key") or req.query.get("idempotency_key"),
             bool(resp and resp.replayed),
             fault,
         )
@@ -910,6 +914,19 @@ class SandboxHandler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+    def _break_body(self, resp: Response) -> None:
+        """Send the status line and the first part of a chunked body, then close mid-stream."""
+        data = resp.body if isinstance(resp.body, bytes) else json.dumps(resp.body).encode()
+        self.log_message('"%s" body broken by fault', self.requestline)
+        self.send_response(resp.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        half = data[: max(1, len(data) // 2)]
+        self.wfile.write(f"{len(data):x}\r\n".encode() + half)  # promises more than it sends
+        self.wfile.flush()
+        self._drop()
 
     def _respond(self, resp: Response) -> None:
         data = resp.body if isinstance(resp.body, bytes) else json.dumps(resp.body).encode()
