@@ -431,8 +431,13 @@ class TestProcessesDying:
             os.killpg(worker.pid, signal.SIGKILL)
         finally:
             worker.wait(timeout=30)
-        time.sleep(3.5)  # the provider finishes accepting the request nobody is waiting for
-        assert any(b["idempotency_key"] == in_flight["idempotency_key"] for b in sandbox.record()["batches"])
+        # The provider finishes accepting the request nobody is waiting for.
+        deadline = time.monotonic() + 60
+        while not any(
+            b["idempotency_key"] == in_flight["idempotency_key"] for b in sandbox.record()["batches"]
+        ):
+            assert time.monotonic() < deadline, "the in-flight batch never landed at the sandbox"
+            time.sleep(0.1)
 
         rerun = run_campaign(**RESUME)
 

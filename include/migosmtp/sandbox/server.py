@@ -784,6 +784,11 @@ class SandboxServer(ThreadingHTTPServer):
                 self._api_calls -= 1
                 self._api_idle.notify_all()
 
+    @property
+    def in_flight(self) -> int:
+        with self._api_idle:
+            return self._api_calls
+
     def reset(self) -> None:
         # Let requests still in flight land first, so none writes into the fresh state.
         with self._api_idle:
@@ -1041,7 +1046,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
     # --- admin (/_sandbox/, no auth) ---------------------------------------
 
     def _health(self, req: Request) -> Response:
-        return Response(200, {"ok": True})
+        # in_flight: API requests being handled now, so tests can wait for one instead of sleeping.
+        return Response(200, {"ok": True, "in_flight": self.server.in_flight})
 
     def _reset(self, req: Request) -> Response:
         self.server.reset()

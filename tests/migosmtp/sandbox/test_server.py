@@ -510,7 +510,10 @@ def test_reset_waits_for_a_request_still_in_flight(sandbox: SandboxProcess) -> N
     sandbox.set_faults([{"action": "latency", "seconds": 1.5}])
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(send, sandbox, key="slow")
-        time.sleep(0.3)  # the request is now sleeping inside the server
+        deadline = time.monotonic() + 30
+        while sandbox.health()["in_flight"] == 0:  # until the request is sleeping inside the server
+            assert time.monotonic() < deadline, "the slow request never reached the sandbox"
+            time.sleep(0.01)
         started = time.monotonic()
         sandbox.reset()
         waited = time.monotonic() - started
