@@ -447,7 +447,7 @@ class MigoSmtpClient:
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (limit, used)):
             raise MalformedResponse(
                 f"MigoSMTP quota answered {response.status_code} without whole monthly_limit and "
-                f"monthly_used (body starts {response.text[:80]!r})",
+                f"monthly_used (body starts {provider_text(response.text[:80])!r})",
                 response.status_code,
             )
         return Quota(monthly_limit=limit, monthly_used=used)
