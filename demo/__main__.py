@@ -29,30 +29,6 @@ DEMO_WEBHOOK_SECRET = "whsec_demo"
 MANUAL_DAG, WEEKLY_DAG = "bulk_email_campaign", "weekly_newsletter"
 
 
-def _start_webhook_receiver() -> str:
-    """Serve the webhook plugin's app (what the Airflow API server mounts) on loopback, in a thread."""
-    import importlib.util
-    import socket
-    import threading
-
-    import uvicorn
-
-    spec = importlib.util.spec_from_file_location(
-        "migosmtp_webhooks", REPO_ROOT / "plugins" / "migosmtp_webhooks.py"
-    )
-    plugin = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plugin)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(plugin.app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{port}/webhooks/events"
-
-
 def _wait_for_webhooks(sandbox, done, timeout: float = 180) -> list[dict]:
     """Until every sandbox batch is ``done`` (or the deadline); returns the sandbox's events."""
     deadline = time.monotonic() + timeout
@@ -104,6 +80,7 @@ def main() -> int:
     from airflow.dag_processing.dagbag import DagBag
 
     from demo.audience import create_recipients_table
+    from demo.receiver import webhook_receiver
     from include.campaign import ledger
     from include.campaign.settings import derive_campaign_id
     from include.migosmtp.sandbox import SandboxProcess
@@ -126,22 +103,24 @@ def main() -> int:
         create_recipients_table(hook, "recipients", args.recipients, args.bad_every)
         logical_date = datetime.now(UTC)
         campaign_id = conf["campaign_id"] = "demo-" + logical_date.strftime("%Y%m%dT%H%M%S")
-    receiver_url = _start_webhook_receiver()
     os.environ["AIRFLOW_CONN_MIGOSMTP_WEBHOOK"] = json.dumps(
         {"conn_type": "generic", "password": DEMO_WEBHOOK_SECRET}
     )
-    with SandboxProcess(
-        DEMO_DIR / "sandbox.db",
-        api_key=DEMO_API_KEY,
-        webhook_url=receiver_url,
-        webhook_secret=DEMO_WEBHOOK_SECRET,
-        bounce_rate=0.03,
-        soft_bounce_rate=0.01,
-        defer_rate=0.01,
-        complaint_rate=0.002,
-        unsubscribe_rate=0.003,
-        webhook_retry_base_seconds=0.5,
-    ) as sandbox:
+    with (
+        webhook_receiver() as receiver_url,
+        SandboxProcess(
+            DEMO_DIR / "sandbox.db",
+            api_key=DEMO_API_KEY,
+            webhook_url=receiver_url,
+            webhook_secret=DEMO_WEBHOOK_SECRET,
+            bounce_rate=0.03,
+            soft_bounce_rate=0.01,
+            defer_rate=0.01,
+            complaint_rate=0.002,
+            unsubscribe_rate=0.003,
+            webhook_retry_base_seconds=0.5,
+        ) as sandbox,
+    ):
         sandbox.reset()
         os.environ["AIRFLOW_CONN_MIGOSMTP_DEFAULT"] = json.dumps(sandbox.airflow_connection())
         bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))

@@ -22,13 +22,12 @@ import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from demo.audience import create_recipients_table
 from include.campaign.ledger import rows as ledger_rows
-from tests.conftest import REPO_ROOT, SCENARIO_REPORT, point_migosmtp_at, postgres_admin
+from tests.conftest import REPO_ROOT, SCENARIO_REPORT, ChatWebhook, point_migosmtp_at, postgres_admin
 
 RECIPIENTS = 30
 CONF = {"max_batch_size": 10, "hourly_cap": 1000, "daily_cap": 1000}
@@ -273,25 +272,11 @@ class TestHaltAndResume:
 @pytest.fixture
 def chat_webhook(monkeypatch):
     """A chat incoming-webhook on loopback behind ``campaign_alerts``; yields the messages it got."""
-    received: list[dict] = []
-
-    class Webhook(BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Webhook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_CAMPAIGN_ALERTS",
-        json.dumps({"conn_type": "http", "host": f"http://127.0.0.1:{server.server_port}/hooks/ops"}),
-    )
-    yield received
-    server.shutdown()
+    with ChatWebhook() as hook:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_CAMPAIGN_ALERTS", json.dumps({"conn_type": "http", "host": hook.url})
+        )
+        yield hook.received
 
 
 class TestHaltAlerts:

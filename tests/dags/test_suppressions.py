@@ -9,19 +9,17 @@ was asked to send is the proof.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import socket
-import threading
 import time
 
 import pytest
 
 from demo.audience import create_recipients_table
+from demo.receiver import webhook_receiver
 from include.campaign import ledger, suppressions
 from include.campaign.tasks import plan_campaign, send_batch
 from include.warehouse import fetch_dicts
-from tests.conftest import REPO_ROOT, load_campaign_dag
+from tests.conftest import load_campaign_dag
 
 SECRET = "whsec_suppressions"
 RATES = {
@@ -36,26 +34,11 @@ RATES = {
 @pytest.fixture
 def receiver(warehouse, monkeypatch):
     """The webhook plugin's app, served as the API server serves it; yields its URL."""
-    import uvicorn
-
     monkeypatch.setenv(
         "AIRFLOW_CONN_MIGOSMTP_WEBHOOK", json.dumps({"conn_type": "generic", "password": SECRET})
     )
-    spec = importlib.util.spec_from_file_location(
-        "migosmtp_webhooks", REPO_ROOT / "plugins" / "migosmtp_webhooks.py"
-    )
-    plugin = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plugin)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(plugin.app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for("the receiver to listen", lambda: server.started, 30)
-    yield f"http://127.0.0.1:{port}/webhooks/events"
-    server.should_exit = True
-    thread.join(10)
+    with webhook_receiver() as url:
+        yield url
 
 
 def wait_for(what, condition, ceiling):

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -13,6 +10,7 @@ import pytest
 from demo.audience import create_recipients_table
 from include.campaign.ledger import rows as ledger_rows
 from include.migosmtp.sandbox import SandboxProcess
+from tests.conftest import ChatWebhook
 from tests.deployment.airflow_stack import DAG_ID, AirflowStack
 from tests.deployment.campaign_checks import (
     API_KEY,
@@ -91,32 +89,6 @@ def test_a_campaign_triggered_over_rest_is_sent_once_within_the_pool(tmp_path, p
     assert statuses == {"failed": 2, "halted": BATCHES - 2}, statuses
     [alert] = alerts.received
     assert "campaign 'deploy-402' halted" in alert["text"] and "402" in alert["text"]
-
-
-class ChatWebhook:
-    """A chat incoming-webhook on loopback (the ``campaign_alerts`` connection's host)."""
-
-    def __init__(self) -> None:
-        received = self.received = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_port}/hooks/ops"
-
-    def __enter__(self):
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self._server.shutdown()
 
 
 def _executor_worker_libraries(scheduler_pid: int) -> dict[int, set[str]]:

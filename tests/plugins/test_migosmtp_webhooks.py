@@ -5,16 +5,15 @@ The same app in the real API server process is the deployment tier's job.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 
 import pytest
 from fastapi.testclient import TestClient
 
+from demo.receiver import webhook_app
 from include.migosmtp.webhooks import sign
 from include.warehouse import ensure_schema
-from tests.conftest import REPO_ROOT
 
 SECRET = "whsec_receiver"
 
@@ -35,12 +34,7 @@ def receiver(monkeypatch) -> TestClient:
     monkeypatch.setenv(
         "AIRFLOW_CONN_MIGOSMTP_WEBHOOK", json.dumps({"conn_type": "generic", "password": SECRET})
     )
-    spec = importlib.util.spec_from_file_location(
-        "migosmtp_webhooks", REPO_ROOT / "plugins" / "migosmtp_webhooks.py"
-    )
-    plugin = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plugin)
-    return TestClient(plugin.app)
+    return TestClient(webhook_app())
 
 
 def post(client, events, secret=SECRET, timestamp=None, body=None):
