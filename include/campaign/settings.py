@@ -22,6 +22,7 @@ SEND, RETRY_FAILED = "send", "retry_failed"
 MODES = (SEND, RETRY_FAILED)
 REFUSE, SEND_WHAT_FITS, IGNORE = "refuse", "send_what_fits", "ignore"
 QUOTA_POLICIES = (REFUSE, SEND_WHAT_FITS, IGNORE)
+JSON_SCHEMA_DRAFT = "http://json-schema.org/draft-07/schema#"
 # The trigger form's sections, in the order the Params come.
 AUDIENCE, MESSAGE, LIMITS, RUN = "Audience", "Message", "Limits", "Run"
 
@@ -179,6 +180,11 @@ def campaign_params(*, campaign_id_required: bool = True, **defaults: Any) -> di
             section=RUN,
         ),
     }
+    # Airflow validates every Param with jsonschema several times per task, and each validation
+    # first checks the schema against its meta-schema: draft 2020-12's (the default) costs about
+    # 2.5 times draft-07's, which says all these schemas need. Measured: 6.5 -> 2.6 ms a validation.
+    for param in params.values():
+        param.schema["$schema"] = JSON_SCHEMA_DRAFT
     unknown = sorted(set(defaults) - set(params))
     if unknown:
         raise TypeError(f"unknown campaign Param(s) {', '.join(unknown)}; known: {', '.join(params)}")

@@ -56,6 +56,14 @@ def _active(dialect: str, alias: str = "x") -> str:
     return f"{normalized_email_sql(dialect, f'{alias}.email')}"
 
 
+def flag_sql(dialect: str, email_column: str) -> str:
+    """A SQL expression: 1 if the (normalised) address in ``email_column`` is suppressed now, else 0."""
+    return (
+        f"CASE WHEN EXISTS (SELECT 1 FROM {SUPPRESSIONS_TABLE} x "
+        f"WHERE x.removed_at IS NULL AND {_active(dialect)} = {email_column}) THEN 1 ELSE 0 END"
+    )
+
+
 def active_among(cursor: Any, dialect: str, placeholder: str, emails: set[str]) -> set[str]:
     """Which of these normalised addresses are suppressed now (one statement)."""
     if not emails:

@@ -388,15 +388,19 @@ def _parse_utc(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def _staged_recipients(hook, campaign_id: str, batch_number: int):
+def _staged_recipients(hook, campaign_id: str, batch_number: int, *, flag_suppressed: bool = False):
+    """The batch's recipients in order, and how many of them are on the suppression list now
+    (asked in the same statement, so the check before a first send costs no round trip)."""
     p = hook.placeholder
+    flag = suppressions.flag_sql(hook.dialect_name, "s.email") if flag_suppressed else "0"
     staged = fetch_dicts(
         hook,
-        f"SELECT recipient_id, email, variables FROM {STAGING_TABLE} "
-        f"WHERE campaign_id = {p} AND batch_number = {p} ORDER BY position",
+        f"SELECT s.recipient_id, s.email, s.variables, {flag} AS suppressed FROM {STAGING_TABLE} s "
+        f"WHERE s.campaign_id = {p} AND s.batch_number = {p} ORDER BY s.position",
         (campaign_id, batch_number),
     )
-    return [Recipient(s["recipient_id"], s["email"], json.loads(s["variables"])) for s in staged]
+    recipients = [Recipient(s["recipient_id"], s["email"], json.loads(s["variables"])) for s in staged]
+    return recipients, sum(1 for s in staged if s["suppressed"])
 
 
 def _without_new_suppressions(hook, entry: dict[str, Any]) -> dict[str, Any]:
@@ -482,12 +486,16 @@ def _send_batch(hook, settings: CampaignSettings, number: int, run_id: str) -> t
             batch_id = found["batch_id"]
             log.info("Batch %d was already accepted as %s (found by idempotency key)", number, batch_id)
         else:
-            if not entry["attempts"] and not settings.ignore_suppressions:
+            # A batch never attempted drops whoever was suppressed since planning; one attempted
+            # is sent as it was (its idempotency key covers the body it was first sent with).
+            check = not entry["attempts"] and not settings.ignore_suppressions
+            recipients, suppressed = _staged_recipients(hook, campaign_id, number, flag_suppressed=check)
+            if suppressed:
                 entry = _without_new_suppressions(hook, entry)
                 if entry["status"] == ledger.SUPPRESSED:
                     log.info("Batch %d not sent: all its recipients were suppressed since planning", number)
                     return {"batch_number": number, "batch_id": None, "resent": False}, 0.0
-            recipients = _staged_recipients(hook, campaign_id, number)
+                recipients, _ = _staged_recipients(hook, campaign_id, number)
             if len(recipients) != entry["recipient_count"]:
                 raise AirflowFailException(
                     f"batch {number} has {len(recipients)} staged recipients but the ledger planned "
