@@ -40,20 +40,22 @@ if TYPE_CHECKING:
 SUPPRESSED, SUPPRESSED_AFTER_PLAN = "suppressed", "suppressed_after_plan"
 
 
+# The events that suppress, and the reason each gives; update_from_events' SQL is built from these.
+ALWAYS_SUPPRESS = {"complained": "complaint", "unsubscribed": "unsubscribe"}
+HARD_BOUNCE = "hard_bounce"  # a "bounced" event whose bounce_type is "hard"
+
+
 def reason_for(event_type: str, bounce_type: str | None = None) -> str | None:
     """The suppression reason an event gives, or None: soft bounces and deferrals never suppress,
     nor does a bounce that does not say it is hard."""
-    if event_type == "complained":
-        return "complaint"
-    if event_type == "unsubscribed":
-        return "unsubscribe"
-    if event_type == "bounced" and bounce_type == "hard":
-        return "hard_bounce"
-    return None
+    if event_type == "bounced":
+        return HARD_BOUNCE if bounce_type == "hard" else None
+    return ALWAYS_SUPPRESS.get(event_type)
 
 
-def _active(dialect: str, alias: str = "x") -> str:
-    return f"{normalized_email_sql(dialect, f'{alias}.email')}"
+def _active(dialect: str) -> str:
+    """The suppression row's address (alias ``x``), normalised."""
+    return normalized_email_sql(dialect, "x.email")
 
 
 def flag_sql(dialect: str, email_column: str) -> str:
@@ -86,17 +88,17 @@ def update_from_events(hook: DbApiHook) -> int:
     """
     dialect, p = hook.dialect_name, hook.placeholder
     recipient = normalized_email_sql(dialect, "e.recipient")
+    cases = " ".join(f"WHEN '{event}' THEN '{reason}'" for event, reason in ALWAYS_SUPPRESS.items())
+    always = ", ".join(f"'{event}'" for event in ALWAYS_SUPPRESS)
     sql = f"""
         INSERT INTO {SUPPRESSIONS_TABLE} (email, reason, campaign_id, event_id, suppressed_at)
         SELECT email, reason, campaign_id, event_id, {p} FROM (
             SELECT {recipient} AS email,
-                CASE e.type WHEN 'complained' THEN 'complaint' WHEN 'unsubscribed' THEN 'unsubscribe'
-                    ELSE 'hard_bounce' END AS reason,
+                CASE e.type {cases} ELSE '{HARD_BOUNCE}' END AS reason,
                 e.campaign_id, e.event_id,
                 ROW_NUMBER() OVER (PARTITION BY {recipient} ORDER BY e.occurred_at, e.event_id) AS nth
             FROM {EVENTS_TABLE} e
-            WHERE (e.type IN ('complained', 'unsubscribed')
-                   OR (e.type = 'bounced' AND e.bounce_type = 'hard'))
+            WHERE (e.type IN ({always}) OR (e.type = 'bounced' AND e.bounce_type = 'hard'))
               AND NOT EXISTS (
                 SELECT 1 FROM {SUPPRESSIONS_TABLE} x
                 WHERE {_active(dialect)} = {recipient}
