@@ -10,6 +10,7 @@ import pytest
 
 from include.campaign import ledger, suppressions
 from include.campaign.audience import screen_rows
+from include.campaign.staging import STAGING_FIELDS
 from include.migosmtp.webhooks import DeliveryEvent, store
 from include.warehouse import ensure_schema, fetch_dicts
 
@@ -185,15 +186,7 @@ def stage_batch(hook, batch_number: int, emails: list[str], attempts: int = 0) -
             ("c1", batch_number, batch_number * 100 + i, ids[i], e, "{}", 10 * batch_number + i)
             for i, e in enumerate(emails)
         ],
-        target_fields=[
-            "campaign_id",
-            "batch_number",
-            "position",
-            "recipient_id",
-            "email",
-            "variables",
-            "source_row",
-        ],
+        target_fields=list(STAGING_FIELDS),
     )
     for _ in range(attempts):
         ledger.record_attempt(hook, "c1", batch_number)
