@@ -39,6 +39,8 @@ PARAMS = {
     "hourly_cap": 1_000_000,
     "daily_cap": 10_000_000,
     "start_at": "2026-12-01T00:00:00Z",
+    # Planning is what is measured: no quota pre-flight (it would need a MigoSMTP connection).
+    "quota_policy": "ignore",
 }
 
 
