@@ -20,6 +20,11 @@ import airflow.providers.common.sql.hooks.sql  # noqa: F401
 import airflow.providers.http.hooks.http  # noqa: F401
 import airflow.providers.postgres.hooks.postgres  # noqa: F401
 import airflow.providers.sqlite.hooks.sqlite  # noqa: F401
+
+# What the Task SDK imports on a batch's first connection (the secrets cache) and first
+# common-sql statement (hook lineage): a task that uses neither never pays for them.
+import airflow.sdk.execution_time.cache  # noqa: F401
+import airflow.sdk.lineage  # noqa: F401
 from airflow.plugins_manager import AirflowPlugin
 
 import include.campaign.tasks  # noqa: F401

@@ -16,6 +16,8 @@ from tests.conftest import REPO_ROOT
 SEND_PATH = [
     "aiohttp",
     "airflow.providers.http.hooks.http",
+    "airflow.sdk.execution_time.cache",
+    "airflow.sdk.lineage",
     "include.campaign.tasks",
     "include.migosmtp.client",
 ]
