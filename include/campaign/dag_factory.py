@@ -27,6 +27,12 @@ PLANNING_POOL = "campaign_planning"
 DEFAULT_START_DATE = datetime(2026, 1, 1, tzinfo=UTC)
 
 
+def batch_label(batch: dict[str, Any]) -> str:
+    """What the UI shows for a mapped batch, e.g. ``batch 7/34 · 2026-11-28T14:00Z · 150``."""
+    send_at = batch["send_at"][:16] + "Z"
+    return f"batch {batch['batch_number']}/{batch['batch_count']} · {send_at} · {batch['recipient_count']}"
+
+
 def _run(context: dict[str, Any]) -> dict[str, Any]:
     """What names a run's campaign: its DAG, its run id, its logical date (None for some manual runs)."""
     dag_run = context["dag_run"]
@@ -60,6 +66,7 @@ def campaign_dag(
         params=campaign_params(campaign_id_required=schedule is None, **param_defaults),
         default_args={"retries": 1, "retry_delay": timedelta(seconds=10)},
         tags=tags or ["email", "migosmtp"],
+        user_defined_filters={"batch_label": batch_label},
     ) as dag:
 
         @task(pool=PLANNING_POOL)
@@ -71,19 +78,20 @@ def campaign_dag(
 
         # Retries follow the provider's error table (see MigoSmtpRetryPolicy); the
         # retry count only bounds how many 429 waits one batch may sit through.
-        # The API pool caps concurrent API calls across all runs and workers.
+        # The API pool caps concurrent API calls across all runs and workers. The label is
+        # rendered from the batch itself, so Airflow can show it before the task body runs
+        # (while the batch waits on the API, or if it fails first) and sends it only once.
         @task(
             pool=API_POOL,
             retries=12,
             retry_policy=MigoSmtpRetryPolicy(),
             on_failure_callback=CampaignHaltNotifier(),
-            map_index_template="{{ batch_label }}",
+            map_index_template="{{ task.op_kwargs['batch'] | batch_label }}",
         )
         def send_batch(batch: dict) -> None:
-            from include.campaign.tasks import batch_label, send_batch
+            from include.campaign.tasks import send_batch
 
             context = get_current_context()
-            context["batch_label"] = batch_label(batch)
             # The outcome goes to the ledger and the log; no XCom, which would cost every batch
             # another round trip through the API server and nobody reads it.
             send_batch(batch, context["params"], **_run(context))

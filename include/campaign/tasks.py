@@ -60,12 +60,6 @@ def _settings(
         raise AirflowFailException(f"invalid campaign Params: {err}") from err
 
 
-def batch_label(batch: dict[str, Any]) -> str:
-    """What the UI shows for a mapped batch, e.g. ``batch 7/34 · 2026-11-28T14:00Z · 150``."""
-    send_at = batch["send_at"][:16] + "Z"
-    return f"batch {batch['batch_number']}/{batch['batch_count']} · {send_at} · {batch['recipient_count']}"
-
-
 # -- plan ---------------------------------------------------------------------------------------
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -66,6 +68,7 @@ def test_a_campaign_triggered_over_rest_is_sent_once_within_the_pool(tmp_path, p
         # so the second is sent before the first halt is recorded): one halt, one alert.
         sandbox.set_faults([{"action": "status", "status": 402, "times": 2, "seconds": 5}])
         halted_id = stack.api.trigger_dag_run(DAG_ID, campaign_conf("deploy-402", start_at))
+        labels_in_flight = _labels_while_a_send_is_in_flight(stack, sandbox, halted_id)
         halted_run = stack.wait_for_dag_run(DAG_ID, halted_id)
         halted_requests = [r for r in sandbox.requests() if "deploy-402" in (r["idempotency_key"] or "")]
 
@@ -89,6 +92,26 @@ def test_a_campaign_triggered_over_rest_is_sent_once_within_the_pool(tmp_path, p
     assert statuses == {"failed": 2, "halted": BATCHES - 2}, statuses
     [alert] = alerts.received
     assert "campaign 'deploy-402' halted" in alert["text"] and "402" in alert["text"]
+    # The UI names a batch while its request is still out, not only once the task has ended.
+    assert labels_in_flight, "no running batch was seen while the sandbox held a request"
+    label = re.compile(r"batch \d+/\d+ · \S+Z · \d+")
+    assert all(label.fullmatch(text or "") for text in labels_in_flight), labels_in_flight
+
+
+def _labels_while_a_send_is_in_flight(stack, sandbox, run_id: str, timeout: float = 120.0) -> list:
+    """The rendered map index of each running batch, read while the sandbox holds a request."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sandbox.health().get("in_flight"):
+            running = [
+                t
+                for t in stack.api.task_instances(DAG_ID, run_id)
+                if t["task_id"] == "send_batch" and t["state"] == "running"
+            ]
+            if running and sandbox.health().get("in_flight"):
+                return [t["rendered_map_index"] for t in running]
+        time.sleep(0.2)
+    return []
 
 
 def _executor_worker_libraries(scheduler_pid: int) -> dict[int, set[str]]:
