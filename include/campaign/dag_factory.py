@@ -79,8 +79,8 @@ def campaign_dag(
         # Retries follow the provider's error table (see MigoSmtpRetryPolicy); the
         # retry count only bounds how many 429 waits one batch may sit through.
         # The API pool caps concurrent API calls across all runs and workers. The label is
-        # rendered from the batch itself, so Airflow can show it before the task body runs
-        # (while the batch waits on the API, or if it fails first) and sends it only once.
+        # rendered from the batch itself, so Airflow shows it before the task body runs
+        # (while the batch waits on the API, or if it fails first).
         @task(
             pool=API_POOL,
             retries=12,

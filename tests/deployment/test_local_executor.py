@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -98,20 +97,19 @@ def test_a_campaign_triggered_over_rest_is_sent_once_within_the_pool(tmp_path, p
     assert all(label.fullmatch(text or "") for text in labels_in_flight), labels_in_flight
 
 
-def _labels_while_a_send_is_in_flight(stack, sandbox, run_id: str, timeout: float = 120.0) -> list:
+def _labels_while_a_send_is_in_flight(stack, sandbox, run_id: str) -> list:
     """The rendered map index of each running batch, read while the sandbox holds a request."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if sandbox.health().get("in_flight"):
-            running = [
-                t
-                for t in stack.api.task_instances(DAG_ID, run_id)
-                if t["task_id"] == "send_batch" and t["state"] == "running"
-            ]
-            if running and sandbox.health().get("in_flight"):
-                return [t["rendered_map_index"] for t in running]
-        time.sleep(0.2)
-    return []
+
+    def probe() -> list | None:
+        if not sandbox.health().get("in_flight"):
+            return None
+        tis = stack.api.task_instances(DAG_ID, run_id)
+        running = [t for t in tis if t["task_id"] == "send_batch" and t["state"] == "running"]
+        if running and sandbox.health().get("in_flight"):
+            return [t["rendered_map_index"] for t in running]
+        return None
+
+    return stack._wait_for("scheduler", "a running batch while a send is in flight", probe, timeout=120)
 
 
 def _executor_worker_libraries(scheduler_pid: int) -> dict[int, set[str]]:
