@@ -26,9 +26,16 @@ if TYPE_CHECKING:
 
 FIELDS = ("recipients_table", "from_email", "subject", "html_body", "text_body", "max_batch_size")
 
-# email_campaigns.status, a summary later work can read without the ledger.
+# email_campaigns.status, a summary later work can read without the ledger. A new plan is
+# recorded ``planning`` before its first row is written and becomes ``planned`` (or
+# ``dry_run``) only once the whole plan and its quota pre-flight are done.
+PLANNING, PLAN_FAILED = ledger.PLANNING, ledger.PLAN_FAILED
 PLANNED, DRY_RUN, INCOMPLETE = "planned", "dry_run", "incomplete"
 SCHEDULED, DELIVERED = "scheduled", "delivered"
+
+
+class PlanCleared(RuntimeError):
+    """The plan being finished is no longer ``planning``: it was cleared as abandoned meanwhile."""
 
 
 def of(settings: CampaignSettings) -> dict[str, Any]:
@@ -49,8 +56,10 @@ def record(
     dag_id: str,
     run_id: str,
     dry_run: bool,
+    status: str | None = None,
 ) -> None:
-    """Record (or replace, for a plan that sent nothing) the campaign's definition."""
+    """Record (or replace, for a plan that sent nothing) the campaign's definition; its status
+    is ``status``, or what a finished plan's is."""
     now = utc_now_text()
     hook.insert_rows(
         CAMPAIGNS_TABLE,
@@ -61,7 +70,7 @@ def record(
                 run_id,
                 json.dumps(definition, sort_keys=True),
                 int(dry_run),
-                DRY_RUN if dry_run else PLANNED,
+                status or (DRY_RUN if dry_run else PLANNED),
                 "{}",
                 now,
                 now,
@@ -81,6 +90,24 @@ def record(
         replace=True,
         replace_index=["campaign_id"],
     )
+
+
+def finish_plan(hook: DbApiHook, campaign_id: str, dry_run: bool) -> None:
+    """Mark the campaign's new plan whole: from here on its batches hold room and quota.
+    Raises ``PlanCleared`` if the plan stopped being ``planning`` meanwhile."""
+    p = hook.placeholder
+    status = DRY_RUN if dry_run else PLANNED
+    hook.run(
+        f"UPDATE {CAMPAIGNS_TABLE} SET status = {p}, updated_at = {p} "
+        f"WHERE campaign_id = {p} AND status = {p}",
+        parameters=(status, utc_now_text(), campaign_id, PLANNING),
+    )
+    found = read(hook, campaign_id)
+    if found is None or found["status"] != status:
+        raise PlanCleared(
+            f"the plan of campaign {campaign_id!r} was cleared as abandoned while it was written "
+            f"(status now {found['status'] if found else 'gone'}); plan it again"
+        )
 
 
 def read(hook: DbApiHook, campaign_id: str) -> dict[str, Any] | None:

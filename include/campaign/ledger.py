@@ -36,6 +36,11 @@ STATUSES = (PLANNED, SCHEDULED, FAILED, HALTED, DELIVERED, SUPPRESSED)
 # so it holds no room under the caps). Every other status is resent by mode=retry_failed.
 SENT_STATUSES = (SCHEDULED, DELIVERED, SUPPRESSED)
 
+# email_campaigns.status while a new plan is being written, and after one failed part-way
+# (``definition``). Such a plan's rows are no plan yet: they hold no room and no quota.
+PLANNING, PLAN_FAILED = "planning", "plan_failed"
+UNFINISHED_PLANS = (PLANNING, PLAN_FAILED)
+
 FIELDS = (
     "campaign_id",
     "batch_number",
@@ -173,36 +178,44 @@ def record_waiting(hook: DbApiHook, campaign_id: str, batch_numbers: Sequence[in
     _update_planned(hook, campaign_id, batch_numbers, f"last_error = {hook.placeholder}", (reason[:2000],))
 
 
+def held_by_others_sql(placeholder: str, campaign_id: str) -> tuple[str, tuple]:
+    """The condition, over ``LEDGER_TABLE l LEFT JOIN CAMPAIGNS_TABLE c``, for other campaigns'
+    batches still to be sent, with its parameters: they will take room under the caps and
+    quota when sent or resumed. Dry runs' batches and unfinished plans' (still being
+    written, or dead part-way) hold nothing."""
+    p = placeholder
+    sent = ", ".join([p] * len(SENT_STATUSES))
+    unfinished = ", ".join([p] * len(UNFINISHED_PLANS))
+    condition = (
+        f"l.status NOT IN ({sent}) AND l.campaign_id <> {p} AND COALESCE(c.dry_run, 0) = 0 "
+        f"AND COALESCE(c.status, '') NOT IN ({unfinished})"
+    )
+    return condition, (*SENT_STATUSES, campaign_id, *UNFINISHED_PLANS)
+
+
 def occupied_slots(hook: DbApiHook, since: datetime, campaign_id: str) -> dict[datetime, int]:
     """Recipients already holding the account's caps, per send_at, as ``campaign_id`` plans from ``since``.
 
     The plan's hourly and daily caps are the account's, so these count against them:
     - every batch at the provider, from the start of ``since``'s UTC day (the daily cap
       counts the hours before ``since`` too);
-    - other campaigns' batches still to be sent (planned, failed, halted) from ``since``'s
-      hour on, dry runs' aside: they go out in those slots, and a resume keeps a future slot.
+    - other campaigns' batches still to be sent (``held_by_others_sql``) from ``since``'s
+      hour on: they go out in those slots, and a resume keeps a future slot.
     Planning runs one at a time (the planning pool), so two plans never book the same room.
     """
     from datetime import datetime
 
     p = hook.placeholder
     sent = ", ".join([p] * len(SENT_STATUSES))
+    held, held_parameters = held_by_others_sql(p, campaign_id)
     hour = since.replace(minute=0, second=0, microsecond=0)
     found = fetch_dicts(
         hook,
         f"SELECT l.send_at, SUM(l.recipient_count) AS recipients FROM {LEDGER_TABLE} l "
         f"LEFT JOIN {CAMPAIGNS_TABLE} c ON c.campaign_id = l.campaign_id "
-        f"WHERE (l.status IN ({sent}) AND l.send_at >= {p}) "
-        f"OR (l.status NOT IN ({sent}) AND l.campaign_id <> {p} AND l.send_at >= {p} "
-        "AND COALESCE(c.dry_run, 0) = 0) "
+        f"WHERE (l.status IN ({sent}) AND l.send_at >= {p}) OR ({held} AND l.send_at >= {p}) "
         "GROUP BY l.send_at",
-        (
-            *SENT_STATUSES,
-            utc_text(hour.replace(hour=0)),
-            *SENT_STATUSES,
-            campaign_id,
-            utc_text(hour),
-        ),
+        (*SENT_STATUSES, utc_text(hour.replace(hour=0)), *held_parameters, utc_text(hour)),
     )
     return {datetime.fromisoformat(r["send_at"].replace("Z", "+00:00")): int(r["recipients"]) for r in found}
 

@@ -3,8 +3,8 @@
 The plan asks MigoSMTP for the month's limit and use before any batch is sent.
 What is left for this campaign is that, less what other campaigns already
 hold: their batches not yet at the provider (planned, failed or halted; dry
-runs aside), which will take quota when they are sent or resumed. This is the
-same rule the caps use (``ledger.occupied_slots``). It errs on the safe side:
+runs and unfinished plans aside), which will take quota when they are sent or
+resumed. This is the rule the caps use (``ledger.held_by_others_sql``). It errs on the safe side:
 a batch that will only be resumed after the reset still holds quota now.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from include.campaign.ledger import SENT_STATUSES
+from include.campaign.ledger import held_by_others_sql
 from include.warehouse import CAMPAIGNS_TABLE, LEDGER_TABLE, fetch_dicts
 
 if TYPE_CHECKING:
@@ -51,15 +51,14 @@ class QuotaProjection:
 
 
 def held_by_other_campaigns(hook: DbApiHook, campaign_id: str) -> int:
-    """Recipients in other campaigns' batches that are not at the provider yet (dry runs aside)."""
-    p = hook.placeholder
-    sent = ", ".join([p] * len(SENT_STATUSES))
+    """Recipients in other campaigns' batches that are not at the provider yet (see
+    ``ledger.held_by_others_sql``)."""
+    held, parameters = held_by_others_sql(hook.placeholder, campaign_id)
     found = fetch_dicts(
         hook,
         f"SELECT COALESCE(SUM(l.recipient_count), 0) AS n FROM {LEDGER_TABLE} l "
-        f"LEFT JOIN {CAMPAIGNS_TABLE} c ON c.campaign_id = l.campaign_id "
-        f"WHERE l.campaign_id <> {p} AND l.status NOT IN ({sent}) AND COALESCE(c.dry_run, 0) = 0",
-        (campaign_id, *SENT_STATUSES),
+        f"LEFT JOIN {CAMPAIGNS_TABLE} c ON c.campaign_id = l.campaign_id WHERE {held}",
+        parameters,
     )
     return int(found[0]["n"])
 

@@ -12,32 +12,47 @@ order) is it rolled back and screened again against what earlier chunks
 staged, one set-based look-up per key column. Either way the chunk's first
 occurrence wins and later ones are rejected with their reason, so the plan is
 the same for any chunk size, and nothing about earlier chunks is held in memory.
+
+A plan being written is its campaign's ``planning`` row in ``email_campaigns``
+(``definition``): its rows hold no room or quota for other campaigns until it
+is finished. Each chunk's commit touches that row, so a plan whose row has
+not moved for ``ABANDONED_AFTER`` died with its process, and the next plan
+clears what it left (``clear_abandoned_plans``); a plan that fails in its
+process clears its own (``abandon_plan``).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from include.campaign import suppressions
 from include.campaign.audience import ScreenedRows, screen_rows
 from include.campaign.ledger import FIELDS as LEDGER_FIELDS
-from include.campaign.ledger import planned_row
+from include.campaign.ledger import PLAN_FAILED, PLANNING, planned_row
 from include.campaign.planner import Batch, BatchPacker
 from include.warehouse import (
+    CAMPAIGNS_TABLE,
     LEDGER_TABLE,
     REJECTED_TABLE,
     STAGING_TABLE,
     bulk_insert,
+    fetch_dicts,
     in_values,
+    transaction,
     utc_now_text,
+    utc_text,
 )
 
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
+
+log = logging.getLogger(__name__)
 
 STAGING_FIELDS = (
     "campaign_id",
@@ -49,6 +64,52 @@ STAGING_FIELDS = (
     "source_row",
 )
 REJECTED_FIELDS = ("campaign_id", "source_row", "recipient_id", "email", "reason")
+
+# A plan writes a chunk every few seconds; one whose row has not moved for this long is dead.
+# Generous, since clearing a live plan would fail it (``definition.finish_plan`` notices).
+ABANDONED_AFTER = timedelta(minutes=30)
+
+
+def clear_plan(hook: DbApiHook, campaign_id: str) -> None:
+    """Drop a plan that sent nothing (a dry run, a run stopped before sending, a refused plan)."""
+    hook.run(
+        [
+            f"DELETE FROM {table} WHERE campaign_id = {hook.placeholder}"
+            for table in (LEDGER_TABLE, STAGING_TABLE, REJECTED_TABLE, CAMPAIGNS_TABLE)
+        ],
+        parameters=(campaign_id,),
+    )
+
+
+def abandon_plan(hook: DbApiHook, campaign_id: str) -> None:
+    """A new plan that failed part-way: record the campaign ``plan_failed`` and drop its batches
+    and staged recipients, but keep its rejections (they may say why). Only a ``planning``
+    campaign: a finished plan that a later run failed to replace stays as it was."""
+    p = hook.placeholder
+    with transaction(hook) as cur:
+        cur.execute(
+            f"UPDATE {CAMPAIGNS_TABLE} SET status = {p}, updated_at = {p} "
+            f"WHERE campaign_id = {p} AND status = {p}",
+            (PLAN_FAILED, utc_now_text(), campaign_id, PLANNING),
+        )
+        if cur.rowcount == 1:
+            cur.execute(f"DELETE FROM {LEDGER_TABLE} WHERE campaign_id = {p}", (campaign_id,))
+            cur.execute(f"DELETE FROM {STAGING_TABLE} WHERE campaign_id = {p}", (campaign_id,))
+
+
+def clear_abandoned_plans(hook: DbApiHook, now: datetime | None = None) -> list[str]:
+    """Abandon the plans whose process died while writing them; returns their campaign ids."""
+    cutoff = utc_text((now or datetime.now(UTC)) - ABANDONED_AFTER)
+    p = hook.placeholder
+    dead = fetch_dicts(
+        hook,
+        f"SELECT campaign_id FROM {CAMPAIGNS_TABLE} WHERE status = {p} AND updated_at < {p}",
+        (PLANNING, cutoff),
+    )
+    for row in dead:
+        log.warning("Campaign %s: its plan stopped before %s; clearing it", row["campaign_id"], cutoff)
+        abandon_plan(hook, row["campaign_id"])
+    return [row["campaign_id"] for row in dead]
 
 
 class TooManyBatches(Exception):
@@ -127,6 +188,12 @@ class PlanWriter:
         bulk_insert(self._conn, self._placeholder, STAGING_TABLE, STAGING_FIELDS, staged)
         bulk_insert(self._conn, self._placeholder, REJECTED_TABLE, REJECTED_FIELDS, rejected)
         bulk_insert(self._conn, self._placeholder, LEDGER_TABLE, LEDGER_FIELDS, planned)
+        with closing(self._conn.cursor()) as cur:  # the plan is alive (see clear_abandoned_plans)
+            p = self._placeholder
+            cur.execute(
+                f"UPDATE {CAMPAIGNS_TABLE} SET updated_at = {p} WHERE campaign_id = {p}",
+                (utc_now_text(), self._campaign_id),
+            )
         self._conn.commit()
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from include.campaign import definition, halts, ledger, preview, suppressions
+from include.campaign import definition, halts, ledger, preview, staging, suppressions
 from include.campaign.audience import REQUIRED_COLUMNS, Recipient
 from include.campaign.planner import BatchPacker, hour_floor, place_whole_batches
 from include.campaign.quota import QuotaCheckFailed, QuotaProjection, held_by_other_campaigns, split_to_fit
@@ -30,7 +30,6 @@ from include.campaign.settings import (
 )
 from include.campaign.staging import ChunkedPlan, TooManyBatches
 from include.warehouse import (
-    CAMPAIGNS_TABLE,
     REJECTED_TABLE,
     STAGING_TABLE,
     WarehouseInputError,
@@ -68,17 +67,6 @@ def _was_attempted(entries: list[dict[str, Any]]) -> bool:
     return any(r["status"] != ledger.PLANNED or r["attempts"] for r in entries)
 
 
-def _clear_unsent_plan(hook, campaign_id: str) -> None:
-    """Drop an earlier plan that sent nothing (a dry run, or a run stopped before sending)."""
-    hook.run(
-        [
-            f"DELETE FROM {table} WHERE campaign_id = {hook.placeholder}"
-            for table in (ledger.LEDGER_TABLE, STAGING_TABLE, REJECTED_TABLE, CAMPAIGNS_TABLE)
-        ],
-        parameters=(campaign_id,),
-    )
-
-
 def max_map_length() -> int:
     """Airflow's ceiling on one run's mapped tasks, so one batch per task (``[core] max_map_length``)."""
     from airflow.sdk.configuration import conf
@@ -108,19 +96,41 @@ def plan_campaign(
     max_batches = max_map_length() if max_batches is None else max_batches
     hook = get_warehouse_hook()
     ensure_schema(hook)
+    staging.clear_abandoned_plans(hook)
     if run_id and halts.lift(hook, campaign_id, run_id):
         log.info("Run %s was halted and is planned again (cleared): its halt is lifted", run_id)
     entries = ledger.rows(hook, campaign_id)
+    recorded = definition.read(hook, campaign_id)
+    if recorded and recorded["status"] in ledger.UNFINISHED_PLANS and not _was_attempted(entries):
+        entries = []  # a plan that never finished: none of it is the campaign's
     if settings.mode != RETRY_FAILED and not _was_attempted(entries):
-        batches = _plan_new(hook, settings, dag_id or "", run_id, chunk_rows, max_batches)
-        if settings.dry_run:
-            preview.log_preview(hook, campaign_id, batches)
-        return _within_quota(hook, settings, batches, new_plan=True)
+        return _plan_new_within_quota(hook, settings, dag_id or "", run_id, chunk_rows, max_batches)
     current = definition.of(settings)
-    recorded = _resumable_definition(settings, entries, definition.read(hook, campaign_id), current)
+    recorded = _resumable_definition(settings, entries, recorded, current)
     if recorded is None:  # planned before email_campaigns existed: its definition is what this run says
         definition.record(hook, campaign_id, current, dag_id=dag_id or "", run_id=run_id, dry_run=False)
     return _within_quota(hook, settings, _plan_resume(hook, settings, entries, max_batches), new_plan=False)
+
+
+def _plan_new_within_quota(
+    hook, settings: CampaignSettings, dag_id: str, run_id: str, chunk_rows: int, max_batches: int
+) -> list[dict[str, Any]]:
+    """A new plan and its quota pre-flight. Until both are done the plan is ``planning`` and
+    holds nothing for other campaigns; if either fails, its batches and staged recipients go."""
+    campaign_id = settings.campaign_id
+    try:
+        batches = _plan_new(hook, settings, dag_id, run_id, chunk_rows, max_batches)
+        if settings.dry_run:
+            preview.log_preview(hook, campaign_id, batches)
+        batches = _within_quota(hook, settings, batches, new_plan=True)
+        definition.finish_plan(hook, campaign_id, settings.dry_run)
+    except BaseException:
+        try:
+            staging.abandon_plan(hook, campaign_id)
+        except Exception:  # the warehouse is gone too: the next plan clears it (clear_abandoned_plans)
+            log.exception("Could not clear campaign %s's unfinished plan", campaign_id)
+        raise
+    return batches
 
 
 def _within_quota(
@@ -143,7 +153,7 @@ def _within_quota(
             log.warning("Quota projection unavailable (the dry run goes on without it): %s", err)
             return batches
         if new_plan:
-            _clear_unsent_plan(hook, campaign_id)
+            staging.clear_plan(hook, campaign_id)
         message = (
             f"cannot check the MigoSMTP quota before sending campaign {campaign_id!r}, so nothing was "
             f"sent: {err}. Set quota_policy=ignore to send without the check."
@@ -173,7 +183,7 @@ def _within_quota(
         return batches
     if settings.quota_policy == REFUSE:
         if new_plan:
-            _clear_unsent_plan(hook, campaign_id)
+            staging.clear_plan(hook, campaign_id)
         raise AirflowFailException(
             f"campaign {campaign_id!r} does not fit in this month's MigoSMTP quota: it "
             f"{projection.describe()}. This run sent nothing. Wait for the monthly reset or raise the "
@@ -258,7 +268,7 @@ def _too_many_batches(campaign_id: str, batches: str, limit: int) -> AirflowFail
 
 def _too_many_to_map(hook, settings: CampaignSettings, staged: int, limit: int) -> AirflowFailException:
     """Remove the partial plan (the batch count is only known by packing) and say what it needs."""
-    _clear_unsent_plan(hook, settings.campaign_id)
+    staging.clear_plan(hook, settings.campaign_id)
     sql = f"SELECT COUNT(*) AS n FROM {quote_table(settings.recipients_table)}"
     rows = int(fetch_dicts(hook, sql, ())[0]["n"])
     per_batch = staged / limit  # as packed so far; rejected rows make the estimate high
@@ -313,8 +323,9 @@ def _plan_resume(hook, settings: CampaignSettings, entries: list[dict[str, Any]]
 def _plan_new(
     hook, settings: CampaignSettings, dag_id: str, run_id: str, chunk_rows: int, max_batches: int
 ) -> list[dict[str, Any]]:
-    """Stream the recipients, screen them, stage them in batches, write the planned ledger, and
-    record the campaign's definition; an earlier plan that sent nothing is replaced."""
+    """Record the campaign's definition (``planning``), then stream the recipients, screen them,
+    stage them in batches and write the planned ledger; an earlier plan that sent nothing is
+    replaced."""
     from include.migosmtp.client import idempotency_key
 
     campaign_id = settings.campaign_id
@@ -328,7 +339,17 @@ def _plan_new(
             )
     except WarehouseInputError as err:
         raise AirflowFailException(str(err)) from err
-    _clear_unsent_plan(hook, campaign_id)
+    staging.clear_plan(hook, campaign_id)
+    # Recorded before the first row is written, so every row of this plan is known unfinished.
+    definition.record(
+        hook,
+        campaign_id,
+        definition.of(settings),
+        dag_id=dag_id,
+        run_id=run_id,
+        dry_run=settings.dry_run,
+        status=definition.PLANNING,
+    )
 
     occupied = ledger.occupied_slots(hook, settings.start_at, campaign_id)
     packer = BatchPacker(settings.caps, settings.start_at, occupied)
@@ -357,9 +378,6 @@ def _plan_new(
             f"none of the {read} recipients in {settings.recipients_table!r} can be sent to; "
             f"the reasons are in {REJECTED_TABLE} (campaign_id {campaign_id!r})"
         )
-    definition.record(
-        hook, campaign_id, definition.of(settings), dag_id=dag_id, run_id=run_id, dry_run=settings.dry_run
-    )
     log.info(
         "Planned campaign %s: %d recipients read, %d rejected, %d staged in %d batches from %s to %s",
         campaign_id,

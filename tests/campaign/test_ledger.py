@@ -4,21 +4,24 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from include.campaign import definition, ledger
+from include.campaign.quota import held_by_other_campaigns
 from include.warehouse import ensure_schema
 
 NOW = datetime(2026, 12, 1, 10, 20, tzinfo=UTC)
 HOUR = NOW.replace(minute=0)
 
 
-def book(hook, campaign_id, number, send_at, count, status=ledger.PLANNED, dry_run=False):
+def book(hook, campaign_id, number, send_at, count, status=ledger.PLANNED, dry_run=False, plan=None):
     row = ledger.planned_row(campaign_id, number, f"k-{campaign_id}-{number}", ["r"] * count, send_at, "t")
     hook.insert_rows(ledger.LEDGER_TABLE, [row], target_fields=list(ledger.FIELDS))
     if status == ledger.SCHEDULED:
         ledger.record_scheduled(hook, campaign_id, number, f"bat-{campaign_id}-{number}")
     elif status == ledger.FAILED:
         ledger.record_failure(hook, campaign_id, number, "503")
-    definition.record(hook, campaign_id, {}, dag_id="d", run_id="r", dry_run=dry_run)
+    definition.record(hook, campaign_id, {}, dag_id="d", run_id="r", dry_run=dry_run, status=plan)
 
 
 class TestOccupiedSlots:
@@ -49,3 +52,12 @@ class TestOccupiedSlots:
 
         assert ledger.occupied_slots(warehouse, NOW, "mine") == {}
         assert ledger.occupied_slots(warehouse, NOW, "someone-else") == {HOUR + timedelta(hours=1): 5}
+
+    @pytest.mark.parametrize("plan", [ledger.PLANNING, ledger.PLAN_FAILED])
+    def test_an_unfinished_plan_holds_no_slot_and_no_quota(self, warehouse, plan):
+        ensure_schema(warehouse)
+        book(warehouse, "unfinished", 1, HOUR + timedelta(hours=1), 5, plan=plan)
+        book(warehouse, "finished", 1, HOUR + timedelta(hours=2), 7)
+
+        assert ledger.occupied_slots(warehouse, NOW, "mine") == {HOUR + timedelta(hours=2): 7}
+        assert held_by_other_campaigns(warehouse, "mine") == 7
