@@ -6,11 +6,18 @@ tuples). What earlier chunks staged comes from the caller (``screen_rows``'
 ``campaign/staging.py``), never from a growing set in memory, so planning
 memory stays flat however long the list is. Cells are plain Python values; pandas and NumPy cells (a
 DataFrame's records) are understood too, without importing pandas here.
+
+A recipient's template variables are bounded (``MAX_VARIABLES_CHARS`` of JSON as
+read and as staged, ``MAX_VARIABLES_DEPTH`` levels of nesting) and must be
+strict JSON: no ``NaN``/``Infinity`` and no float that only decodes to one
+(``1e999``). A row that breaks a bound is rejected ``invalid_variables`` while
+it is screened, so nothing staged fails to encode or swells a request later.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import sys
@@ -19,13 +26,25 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 REQUIRED_COLUMNS = ("recipient_id", "email")
 VARIABLES_COLUMN = "variables"
+# One recipient's variables: at most this many characters of JSON, both as the ``variables``
+# cell holds it (checked before it is decoded) and as staged (ASCII: characters are bytes).
+# 16 kB is far above what a template fills (names, a few links), and keeps a full request of
+# 1,000 recipients within about 16 MB; a larger value is a data error, not a personalisation.
+MAX_VARIABLES_CHARS = 16_384
+# Objects and arrays nested in one recipient's variables, the object itself being level 1.
+# Templates read a few levels at most; past this a value is refused, and decoding never
+# recurses deep enough to raise RecursionError.
+MAX_VARIABLES_DEPTH = 32
 
 # Pragmatic address check: a local part, an '@', and a dotted domain of valid labels.
 _LOCAL = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_EMAIL = re.compile(rf"{_LOCAL}@{_LABEL}(\.{_LABEL})+")
+EMAIL_PATTERN = rf"{_LOCAL}@{_LABEL}(\.{_LABEL})+"  # also the From address's (campaign/settings.py)
+_EMAIL = re.compile(EMAIL_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -60,11 +79,12 @@ class ScreenedRows:
 # Variables are stored as JSON with sorted keys, exactly as json.dumps(..., sort_keys=True) writes
 # them. JSONEncoder.encode builds a new C encoder on every call, which costs more than encoding a
 # small dict; the C encoder is made once here instead (with the pure-Python one as a fallback).
-_VARIABLES_JSON = json.JSONEncoder(sort_keys=True)
+_VARIABLES_JSON = json.JSONEncoder(sort_keys=True, allow_nan=False)
 _c_encoder = getattr(json.encoder, "c_make_encoder", None)
 if _c_encoder is not None:
-    # The arguments JSONEncoder.iterencode passes: no circular check (flat values), ASCII, no
-    # indent, the default separators, sort_keys, no skipkeys, allow_nan.
+    # The arguments JSONEncoder.iterencode passes: no circular check (depth is bounded before
+    # encoding), ASCII, no indent, the default separators, sort_keys, no skipkeys, and no NaN or
+    # infinity (ValueError): the request's encoding refuses them too.
     _c_encode = _c_encoder(
         None,
         _VARIABLES_JSON.default,
@@ -74,14 +94,26 @@ if _c_encoder is not None:
         ", ",
         True,
         False,
-        True,
+        False,
     )
 
     def _encode_variables(variables: dict[str, Any]) -> str:
         return "".join(_c_encode(variables, 0))
 else:  # pragma: no cover - CPython always has the C encoder
     _encode_variables = _VARIABLES_JSON.encode
-_decode_json = json.JSONDecoder().decode
+
+
+class InvalidVariables(ValueError):
+    """A row's template variables cannot be staged; the message says why (never the values)."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise InvalidVariables(f"variables holds {name}, which is not JSON")
+
+
+# Strict JSON: NaN, Infinity and -Infinity are refused as they are read (the C scanner calls
+# parse_constant for them). A float that overflows (1e999) decodes to inf; the encoder refuses it.
+_decode_json = json.JSONDecoder(parse_constant=_refuse_constant).decode
 # Looks up which of a chunk's emails and recipient ids earlier chunks staged.
 StagedLookup = Callable[[set[str], set[str]], tuple[set[str], set[str]]]
 
@@ -145,20 +177,79 @@ def _variable(value: Any) -> Any:
     return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
 
 
+def _check_shape(value: Any) -> None:
+    """Refuse a decoded value nested deeper than ``MAX_VARIABLES_DEPTH`` or certainly longer than
+    ``MAX_VARIABLES_CHARS`` once encoded; without recursion, and stopping at the first excess."""
+    budget = MAX_VARIABLES_CHARS  # a lower bound of the encoded length is taken from it
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+            budget -= 2 + sum(len(key) + 4 if type(key) is str else 4 for key in node)
+        elif isinstance(node, list | tuple):
+            children = node
+            budget -= 2 + 2 * max(len(node) - 1, 0)  # the brackets and the separators
+        else:
+            budget -= len(node) + 2 if type(node) is str else 1
+            if budget < 0:
+                raise InvalidVariables(f"variables longer than {MAX_VARIABLES_CHARS} characters of JSON")
+            continue
+        if depth > MAX_VARIABLES_DEPTH:
+            raise InvalidVariables(f"variables nested deeper than {MAX_VARIABLES_DEPTH} levels")
+        if budget < 0:
+            raise InvalidVariables(f"variables longer than {MAX_VARIABLES_CHARS} characters of JSON")
+        stack.extend((child, depth + 1) for child in children)
+
+
+def _parsed_variables(raw: Any) -> dict[str, Any]:
+    """A ``variables`` cell (JSON text, or an object a driver already decoded) within the bounds."""
+    if isinstance(raw, str):
+        if len(raw) > MAX_VARIABLES_CHARS:  # before decoding: a huge cell costs no parse
+            raise InvalidVariables(f"variables longer than {MAX_VARIABLES_CHARS} characters of JSON")
+        try:
+            parsed = _decode_json(raw)
+        except RecursionError:
+            raise InvalidVariables(f"variables nested deeper than {MAX_VARIABLES_DEPTH} levels") from None
+        # Nesting needs one bracket per level: most rows have too few to need the walk.
+        if raw.count("{") + raw.count("[") > MAX_VARIABLES_DEPTH:
+            _check_shape(parsed)
+    elif isinstance(raw, dict):
+        parsed = raw
+        _check_shape(parsed)
+    else:
+        raise InvalidVariables(f"variables is not a JSON object (a {type(raw).__name__})")
+    if not isinstance(parsed, dict):
+        raise InvalidVariables("variables is not a JSON object")
+    return parsed
+
+
 def _variables(row: Sequence[Any], extra: Sequence[tuple[str, int]], raw: Any) -> dict[str, Any]:
     """Extra columns are template variables; a JSON ``variables`` column adds (and wins over) them."""
     variables = {}
+    text_chars = 0
     for column, index in extra:
         value = _variable(row[index])
         if value is not None:
             variables[column] = value
+            if type(value) is str:
+                text_chars += len(value)
+    if text_chars > MAX_VARIABLES_CHARS:  # certainly too long once encoded: spare the encoding
+        raise InvalidVariables(f"variables longer than {MAX_VARIABLES_CHARS} characters of JSON")
     raw = _scalar(raw)
     if raw is not None:
-        parsed = raw if isinstance(raw, dict) else _decode_json(raw)
-        if not isinstance(parsed, dict):
-            raise ValueError("variables is not a JSON object")
-        variables.update(parsed)
+        variables.update(_parsed_variables(raw))
     return variables
+
+
+def staged_variables(row: Sequence[Any], extra: Sequence[tuple[str, int]], raw: Any) -> str:
+    """A row's variables as staged: canonical JSON (sorted keys, ASCII), finite numbers only, at
+    most ``MAX_VARIABLES_CHARS``. Every path to the staging table goes through here; raises
+    ``ValueError`` (``InvalidVariables`` with the cause, or the encoder's) for a row to reject."""
+    encoded = _encode_variables(_variables(row, extra, raw))
+    if len(encoded) > MAX_VARIABLES_CHARS:
+        raise InvalidVariables(f"variables longer than {MAX_VARIABLES_CHARS} characters of JSON")
+    return encoded
 
 
 def screen_rows(
@@ -205,6 +296,7 @@ def screen_rows(
     seen_emails, seen_ids = staged(well_formed, {i for i, _, reason in checked if reason is None})
     blocked = suppressed(well_formed) if suppressed is not None else ()
     screened = ScreenedRows()
+    invalid_variables, first_cause = 0, ""
     for offset, (row, (recipient_id, email, reason)) in enumerate(zip(rows, checked, strict=True)):
         if reason is None:
             if email in blocked:
@@ -215,10 +307,12 @@ def screen_rows(
                 reason = "duplicate_email"
             else:
                 try:
-                    variables = _variables(row, extra, None if i_vars is None else row[i_vars])
-                    encoded = _encode_variables(variables)
-                except (ValueError, TypeError):
+                    encoded = staged_variables(row, extra, None if i_vars is None else row[i_vars])
+                except (ValueError, TypeError) as err:
                     reason = "invalid_variables"
+                    invalid_variables += 1
+                    if invalid_variables == 1:
+                        first_cause = f"source row {first_source_row + offset}, {_cause(err)}"
         if reason is not None:
             raw_email = _scalar(row[i_email])
             screened.rejected.append(
@@ -233,7 +327,20 @@ def screen_rows(
         seen_emails.add(email)
         seen_ids.add(recipient_id)
         screened.accepted.append((recipient_id, email, encoded, first_source_row + offset))
+    if invalid_variables:  # the cause, never the values (they may be personal data)
+        log.warning("%d row(s) rejected as invalid_variables (first: %s)", invalid_variables, first_cause)
     return screened
+
+
+def _cause(err: Exception) -> str:
+    """Why a row's variables were refused, without quoting them."""
+    if isinstance(err, InvalidVariables):
+        return str(err)
+    if isinstance(err, json.JSONDecodeError):
+        return f"variables is not JSON ({err.msg} at character {err.pos})"
+    if isinstance(err, ValueError) and "not JSON compliant" in str(err):
+        return "variables holds a number out of range (NaN or infinite)"
+    return f"variables cannot be encoded as JSON ({type(err).__name__})"
 
 
 def screen_chunk(

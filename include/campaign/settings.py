@@ -2,22 +2,65 @@
 
 JSON-schema on each Param lets Airflow reject a bad field before the run is
 created; ``CampaignSettings.from_params`` repeats the checks that need Python
-(a real ISO-8601 instant, identifiers safe to quote) so that a run created
-some other way still stops before anything is read or sent.
+(a real ISO-8601 instant within a year of now, identifiers safe to quote and
+not a system catalog or one of the project's tables, header fields without a
+line break) so that a run created some other way still stops before anything
+is read or sent.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from include import warehouse
+from include.campaign.audience import EMAIL_PATTERN
 from include.campaign.planner import API_MAX_RECIPIENTS_PER_REQUEST, PlanCaps
 
 CAMPAIGN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 # An optional schema prefix, then a table name: plain identifiers only, so they can be quoted safely.
 TABLE_NAME_PATTERN = r"^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$"
+# The project's own tables, as warehouse.py's DDL creates them: never an audience (a campaign
+# would mail its own ledger), and a table added there is refused here without a change.
+OWN_TABLES = frozenset(
+    name.lower()
+    for statement in (*warehouse._SCHEMA, *warehouse._suppressions_schema("sqlite"))
+    for name in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", statement)
+)
+# Schemas no audience lives in. PostgreSQL keeps pg_catalog first on every search path, so an
+# unqualified pg_* name is a catalog too; SQLite reserves every sqlite_* table.
+SYSTEM_SCHEMAS = ("information_schema",)
+SYSTEM_PREFIXES = ("pg_", "sqlite_")
+# Characters that break a header line or hide in one: C0 and C1 controls, DEL, LS and PS.
+CONTROL_CHARACTERS = r"\x00-\x1f\x7f-\x9f\u2028\u2029"  # regex escapes: the pattern holds no control
+_CONTROL = re.compile(f"[{CONTROL_CHARACTERS}]")
+# A JSON-schema pattern's opening: no control character anywhere. Airflow's jsonschema runs
+# patterns with re.search, where a closing "$" also matches before a final line break.
+_NO_CONTROL = rf"^(?![\s\S]*[{CONTROL_CHARACTERS}])"
+# One plain address, as the audience's are checked: no display name, no list, no whitespace.
+FROM_EMAIL_PATTERN = f"{_NO_CONTROL}{EMAIL_PATTERN}$"
+MAX_EMAIL_LENGTH = 254
+# The furthest first send slot from now (a year, leap day included): a later one is a typo, and
+# the planner's slot arithmetic stays far inside the datetime range.
+MAX_START_AHEAD = timedelta(days=366)
+
+
+def _any_case(word: str) -> str:
+    """A regex for ``word`` in any letter case, in the syntax JSON-schema patterns share with Python."""
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in word)
+
+
+# The recipients_table Param's pattern: TABLE_NAME_PATTERN without the names _check_table refuses.
+_PART = r"(?:[^.]*\.)?"  # "an optional schema., then": the lookaheads below see either part
+RECIPIENTS_TABLE_PATTERN = (
+    _NO_CONTROL
+    + f"(?!{_PART}(?:{'|'.join(_any_case(p) for p in SYSTEM_PREFIXES)}))"
+    + f"(?!(?:{'|'.join(_any_case(s) for s in SYSTEM_SCHEMAS)})\\.)"
+    + f"(?!{_PART}(?:{'|'.join(_any_case(t) for t in sorted(OWN_TABLES))})$)"
+    + TABLE_NAME_PATTERN.removeprefix("^")
+)
 SEND, RETRY_FAILED = "send", "retry_failed"
 MODES = (SEND, RETRY_FAILED)
 REFUSE, SEND_WHAT_FITS, IGNORE = "refuse", "send_what_fits", "ignore"
@@ -69,7 +112,7 @@ def campaign_params(*, campaign_id_required: bool = True, **defaults: Any) -> di
         "recipients_table": Param(
             "recipients",
             type="string",
-            pattern=TABLE_NAME_PATTERN,
+            pattern=RECIPIENTS_TABLE_PATTERN,
             title="Recipients table",
             description="Warehouse table ([schema.]table) with recipient_id, email and optional "
             "variables columns.",
@@ -78,7 +121,8 @@ def campaign_params(*, campaign_id_required: bool = True, **defaults: Any) -> di
         "from_email": Param(
             "newsletter@example.com",
             type="string",
-            pattern=r"^[^@\s]+@[^@\s]+$",
+            maxLength=MAX_EMAIL_LENGTH,
+            pattern=FROM_EMAIL_PATTERN,
             title="From address",
             description="The sender address, on a domain verified with MigoSMTP.",
             section=MESSAGE,
@@ -87,6 +131,7 @@ def campaign_params(*, campaign_id_required: bool = True, **defaults: Any) -> di
             "Hello {{first_name}}",
             type="string",
             minLength=1,
+            pattern=_NO_CONTROL,
             title="Subject",
             description="May use {{variable}} placeholders, filled per recipient by MigoSMTP.",
             section=MESSAGE,
@@ -157,7 +202,8 @@ def campaign_params(*, campaign_id_required: bool = True, **defaults: Any) -> di
             type=["null", "string"],
             format="date-time",
             title="First send slot",
-            description="UTC; empty: the run's logical date (now if none). Never earlier than now.",
+            description="UTC; empty: the run's logical date (now if none). Not before now, at most a year "
+            "ahead.",
             section=RUN,
         ),
         "dry_run": Param(
@@ -205,13 +251,46 @@ def derive_campaign_id(dag_id: str, logical_date: datetime) -> str:
 def _parse_start_at(value: str | None, default: datetime) -> datetime:
     if value in (None, ""):
         return default
+    if not isinstance(value, str):
+        raise CampaignSettingsError(f"start_at {value!r} is not an ISO-8601 date-time")
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise CampaignSettingsError(f"start_at {value!r} is not an ISO-8601 date-time") from None
     if moment.tzinfo is None:
         raise CampaignSettingsError(f"start_at {value!r} has no UTC offset; write e.g. {value}Z")
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except (OverflowError, ValueError):  # e.g. 0001-01-01T00:00+01:00 or 9999-12-31T23:59-01:00
+        raise CampaignSettingsError(f"start_at {value!r} is out of the representable date range") from None
+
+
+def _check_no_control(name: str, value: str) -> None:
+    """A header field's value: one line, nothing invisible (a line break would start a header)."""
+    found = _CONTROL.search(value)
+    if found:
+        raise CampaignSettingsError(
+            f"{name} holds a control character or line break (U+{ord(found.group()):04X} at "
+            f"position {found.start()})"
+        )
+
+
+def _check_table(table: str) -> None:
+    """Refuse a system catalog or one of the project's own tables as the audience. Compared as
+    ``quote_table`` will name it (each part as written), in any letter case."""
+    parts = table.lower().split(".")
+    if parts[0] in SYSTEM_SCHEMAS and len(parts) == 2:
+        raise CampaignSettingsError(f"recipients_table {table!r} is in the system schema {parts[0]}")
+    for part in parts:
+        if part.startswith(SYSTEM_PREFIXES):
+            raise CampaignSettingsError(
+                f"recipients_table {table!r} names a system catalog ({part!r}: no part may start with "
+                f"{' or '.join(SYSTEM_PREFIXES)})"
+            )
+    if parts[-1] in OWN_TABLES:
+        raise CampaignSettingsError(
+            f"recipients_table {table!r} is one of the campaign's own tables, not an audience"
+        )
 
 
 @dataclass(frozen=True)
@@ -257,11 +336,18 @@ class CampaignSettings:
         table = str(params.get("recipients_table") or "")
         if not re.fullmatch(TABLE_NAME_PATTERN, table):
             raise CampaignSettingsError(f"recipients_table {table!r} is not a plain [schema.]table name")
+        _check_table(table)
         from_email = str(params.get("from_email") or "")
-        if from_email.count("@") != 1:
-            raise CampaignSettingsError(f"from_email {from_email!r} is not an email address")
-        if not str(params.get("subject") or "").strip():
+        _check_no_control("from_email", from_email)
+        if len(from_email) > MAX_EMAIL_LENGTH or not re.fullmatch(FROM_EMAIL_PATTERN, from_email):
+            raise CampaignSettingsError(
+                f"from_email {from_email!r} is not one plain address like news@example.com "
+                f"(no display name, list, comma or space; at most {MAX_EMAIL_LENGTH} characters)"
+            )
+        subject = params.get("subject")
+        if not isinstance(subject, str) or not subject.strip():
             raise CampaignSettingsError("subject is empty")
+        _check_no_control("subject", subject)
         html_body, text_body = params.get("html_body") or "", params.get("text_body") or ""
         if not (html_body.strip() or text_body.strip()):
             raise CampaignSettingsError("html_body and text_body are both empty; give at least one")
@@ -281,6 +367,17 @@ class CampaignSettings:
             )
         except ValueError as err:
             raise CampaignSettingsError(str(err)) from None
+        start_at = max(_parse_start_at(params.get("start_at"), logical_date or now), now)
+        try:
+            latest = now + MAX_START_AHEAD
+        except OverflowError:
+            latest = datetime.max.replace(tzinfo=UTC)
+        if start_at > latest:
+            given = "" if params.get("start_at") else " (empty: the run's logical date)"
+            raise CampaignSettingsError(
+                f"start_at {start_at:%Y-%m-%dT%H:%MZ}{given} is more than {MAX_START_AHEAD.days} days "
+                f"after now ({now:%Y-%m-%dT%H:%MZ}); a campaign starts within a year"
+            )
         return cls(
             campaign_id=campaign_id,
             recipients_table=table,
@@ -289,7 +386,7 @@ class CampaignSettings:
             html_body=html_body,
             text_body=text_body,
             caps=caps,
-            start_at=max(_parse_start_at(params.get("start_at"), logical_date or now), now),
+            start_at=start_at,
             dry_run=bool(params.get("dry_run", False)),
             mode=mode,
             quota_policy=quota_policy,

@@ -350,7 +350,7 @@ class TestVariablesJson:
         [
             {},
             {"b": 1, "a": "x"},
-            {"name": "Zoë 😀", "quote": 'say "hi"\n', "n": -3, "f": 2.5, "big": 1e300, "inf": float("inf")},
+            {"name": "Zoë 😀", "quote": 'say "hi"\n', "n": -3, "f": 2.5, "big": 1e300},
             {"ok": True, "no": False, "none": None, "nested": {"z": [1, {"y": 2}], "a": {}}},
         ],
     )
@@ -358,3 +358,116 @@ class TestVariablesJson:
         from include.campaign.audience import _encode_variables
 
         assert _encode_variables(variables) == json.dumps(variables, sort_keys=True)
+
+
+class TestHostileVariables:
+    """Issue 20: variables that would not encode, or would swell a request, are refused at screening."""
+
+    DEEP = "[" * 100_000 + "]" * 100_000
+
+    @staticmethod
+    def _screen(rows, columns=("recipient_id", "email", "variables")):
+        from include.campaign.audience import screen_rows
+
+        return screen_rows(list(columns), rows, 1, lambda emails, ids: (set(), set()))
+
+    @pytest.mark.parametrize(
+        "raw",
+        [
+            '{"a": NaN}',
+            '{"a": Infinity}',
+            '{"a": -Infinity}',
+            '{"a": 1e999}',
+            '{"a": [1, -1e999]}',
+            '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}",
+            '{"a": ' + "[" * 33 + "]" * 33 + "}",
+            '{"a": "' + "x" * 20_000 + '"}',
+            "[1, 2]",
+            "not json",
+            {"a": float("nan")},
+            {"a": float("inf")},
+        ],
+        ids=[
+            "nan",
+            "inf",
+            "-inf",
+            "1e999",
+            "nested-1e999",
+            "deep-100000",
+            "deep-34",
+            "20kB",
+            "array",
+            "text",
+            "dict-nan",
+            "dict-inf",
+        ],
+    )
+    def test_a_hostile_variables_value_rejects_only_its_row(self, raw):
+        screened = self._screen([["1", "a@example.com", raw], ["2", "b@example.com", '{"ok": 1}']])
+
+        assert [(r.recipient_id, r.reason) for r in screened.rejected] == [("1", "invalid_variables")]
+        assert [a[:3] for a in screened.accepted] == [("2", "b@example.com", '{"ok": 1}')]
+
+    def test_a_deeply_nested_dict_from_a_driver_is_refused_without_recursion(self):
+        value: dict = {}
+        node = value
+        for _ in range(100_000):
+            node["a"] = {}
+            node = node["a"]
+
+        screened = self._screen([["1", "a@example.com", value]])
+
+        assert [r.reason for r in screened.rejected] == ["invalid_variables"]
+
+    def test_nesting_up_to_the_limit_is_accepted(self):
+        from include.campaign.audience import MAX_VARIABLES_DEPTH
+
+        raw = '{"a": ' + "[" * (MAX_VARIABLES_DEPTH - 1) + "]" * (MAX_VARIABLES_DEPTH - 1) + "}"
+        screened = self._screen([["1", "a@example.com", raw]])
+
+        assert screened.rejected == [] and len(screened.accepted) == 1
+
+    def test_variables_just_within_the_size_limit_are_accepted_and_just_over_rejected(self):
+        from include.campaign.audience import MAX_VARIABLES_CHARS
+
+        fits = '{"a": "' + "x" * (MAX_VARIABLES_CHARS - 9) + '"}'
+        assert len(fits) == MAX_VARIABLES_CHARS
+        over = '{"a": "' + "x" * (MAX_VARIABLES_CHARS - 8) + '"}'
+        screened = self._screen([["1", "a@example.com", fits], ["2", "b@example.com", over]])
+
+        assert [a[0] for a in screened.accepted] == ["1"]
+        assert [(r.recipient_id, r.reason) for r in screened.rejected] == [("2", "invalid_variables")]
+
+    def test_the_size_limit_applies_to_variables_built_from_other_columns(self):
+        columns = ("recipient_id", "email", "note")
+        screened = self._screen(
+            [["1", "a@example.com", "y" * 10_000_000], ["2", "b@example.com", "short"]], columns
+        )
+
+        assert [(r.recipient_id, r.reason) for r in screened.rejected] == [("1", "invalid_variables")]
+        assert [a[:3] for a in screened.accepted] == [("2", "b@example.com", '{"note": "short"}')]
+
+    def test_the_size_limit_applies_to_the_staged_json_of_columns_and_variables_together(self):
+        from include.campaign.audience import MAX_VARIABLES_CHARS
+
+        half = "z" * (MAX_VARIABLES_CHARS // 2)
+        columns = ("recipient_id", "email", "note", "variables")
+        screened = self._screen([["1", "a@example.com", half, '{"b": "' + half + '"}']], columns)
+
+        assert [r.reason for r in screened.rejected] == ["invalid_variables"]
+
+    def test_escaped_text_counts_at_its_encoded_length(self):
+        from include.campaign.audience import MAX_VARIABLES_CHARS
+
+        # 😀 is 12 characters once encoded as ASCII JSON; 2,000 of them fit the cell but not the stage.
+        raw = '{"a": "' + "😀" * 2_000 + '"}'
+        assert len(raw) < MAX_VARIABLES_CHARS
+        screened = self._screen([["1", "a@example.com", raw]])
+
+        assert [r.reason for r in screened.rejected] == ["invalid_variables"]
+
+    def test_the_log_names_the_cause_but_never_the_value(self, caplog):
+        with caplog.at_level("WARNING"):
+            self._screen([["1", "a@example.com", '{"secret": NaN}']])
+
+        assert "NaN" in caplog.text and "secret" not in caplog.text

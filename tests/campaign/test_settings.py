@@ -368,3 +368,99 @@ class TestTheRunNamesItsCampaign:
             manual.validate()
         with pytest.raises(ParamValidationError, match="campaign_id"):
             scheduled.update({"campaign_id": "bad id!"})
+
+
+class TestHostileParams:
+    """Issue 20: values that pass a loose check but break every batch, or the planner, are refused."""
+
+    @pytest.mark.parametrize(
+        "from_email",
+        [
+            "a@example.com, b@example.com",
+            "a@example.com,b@example.com",
+            "News <news@example.com>",
+            "news@example.com\r\nBcc: x@example.com",
+            "news@example.com\n",
+            " news@example.com",
+            "news @example.com",
+            "news@exam ple.com",
+            "news@example.com\x00",
+            "news@example.com\u2028",
+            "news@example.com\u0085",
+            "a@b@example.com",
+        ],
+    )
+    def test_from_email_must_be_one_plain_address(self, from_email):
+        with pytest.raises(CampaignSettingsError, match="from_email"):
+            CampaignSettings.from_params(params(from_email=from_email), now=NOW)
+
+    @pytest.mark.parametrize("from_email", ["news@example.com", "first.last+tag@mail.example.co.uk"])
+    def test_a_plain_from_email_is_accepted(self, from_email):
+        assert CampaignSettings.from_params(params(from_email=from_email), now=NOW).from_email == from_email
+
+    @pytest.mark.parametrize("char", ["\r", "\n", "\t", "\x00", "\x1f", "\x7f", "\u0085", "\u2028", "\u2029"])
+    def test_subject_refuses_control_characters_and_line_breaks(self, char):
+        with pytest.raises(CampaignSettingsError, match="subject"):
+            CampaignSettings.from_params(params(subject=f"Hello{char}Bcc: x@example.com"), now=NOW)
+
+    def test_the_trigger_form_refuses_a_subject_with_a_line_break(self):
+        with pytest.raises(ParamValidationError):
+            validate_conf({"campaign_id": "c1", "subject": "Hello\r\nBcc: x@example.com"})
+
+    def test_the_trigger_form_refuses_a_from_email_list(self):
+        with pytest.raises(ParamValidationError):
+            validate_conf({"campaign_id": "c1", "from_email": "a@example.com, b@example.com"})
+
+    def test_start_at_within_a_year_is_accepted(self):
+        later = NOW + timedelta(days=365)
+        settings = CampaignSettings.from_params(params(start_at=later.isoformat()), now=NOW)
+        assert settings.start_at == later
+
+    @pytest.mark.parametrize(
+        "start_at",
+        [
+            "9999-12-31T23:59:59Z",
+            "2028-01-01T00:00:00Z",
+            "9999-12-31T23:59:59-01:00",
+            "0001-01-01T00:00:00+01:00",
+        ],
+    )
+    def test_start_at_far_ahead_or_out_of_range_names_the_param(self, start_at):
+        with pytest.raises(CampaignSettingsError, match="start_at"):
+            CampaignSettings.from_params(params(start_at=start_at), now=NOW)
+
+    @pytest.mark.parametrize(
+        "table",
+        [
+            "pg_catalog.pg_authid",
+            "PG_CATALOG.pg_class",
+            "information_schema.tables",
+            "Information_Schema.columns",
+            "pg_toast.pg_toast_2619",
+            "pg_temp_3.t",
+            "pg_authid",
+            "sqlite_master",
+            "main.sqlite_schema",
+            "email_batch_ledger",
+            "EMAIL_CAMPAIGN_RECIPIENTS",
+            "public.email_suppressions",
+            "email_events",
+            "email_campaigns",
+        ],
+    )
+    def test_recipients_table_refuses_system_and_own_tables(self, table):
+        with pytest.raises(CampaignSettingsError, match="recipients_table"):
+            CampaignSettings.from_params(params(recipients_table=table), now=NOW)
+
+    def test_every_warehouse_table_constant_is_refused(self):
+        from include import warehouse
+
+        tables = [v for k, v in vars(warehouse).items() if k.endswith("_TABLE") and isinstance(v, str)]
+        assert len(tables) >= 10
+        for table in tables:
+            with pytest.raises(CampaignSettingsError, match="recipients_table"):
+                CampaignSettings.from_params(params(recipients_table=table.upper()), now=NOW)
+
+    @pytest.mark.parametrize("table", ["recipients", "marketing.recipients", "pgusers", "email_list"])
+    def test_ordinary_tables_are_accepted(self, table):
+        assert CampaignSettings.from_params(params(recipients_table=table), now=NOW).recipients_table == table
