@@ -16,7 +16,11 @@ from airflow.sdk import DAG, TriggerRule, get_current_context, task
 from include.campaign.alerts import CampaignHaltNotifier
 from include.campaign.ledger import LEDGER_ASSET
 from include.campaign.settings import campaign_params
-from include.migosmtp.retry_policy import MigoSmtpRetryPolicy
+from include.migosmtp.retry_policy import (
+    MAX_RATE_WINDOW_SECONDS,
+    MAX_REQUEST_TIMEOUT_SECONDS,
+    MigoSmtpRetryPolicy,
+)
 
 API_POOL = "migosmtp_api"
 # One slot: plans run one at a time across every campaign DAG and worker. Each plan reads what
@@ -25,6 +29,9 @@ API_POOL = "migosmtp_api"
 # shows waiting plans in the UI, and is freed by Airflow when a worker dies mid-plan.
 PLANNING_POOL = "campaign_planning"
 DEFAULT_START_DATE = datetime(2026, 1, 1, tzinfo=UTC)
+# A try's worst case: 3 requests (look-up before a resend, send, look-up after a 2xx without batch_id),
+# each at the deadline's ceiling, the rate-window hold, and a minute for the warehouse: 9 minutes.
+SEND_BATCH_TIMEOUT = timedelta(seconds=3 * MAX_REQUEST_TIMEOUT_SECONDS + MAX_RATE_WINDOW_SECONDS + 60)
 
 
 def batch_label(batch: dict[str, Any]) -> str:
@@ -84,6 +91,7 @@ def campaign_dag(
         @task(
             pool=API_POOL,
             retries=12,
+            execution_timeout=SEND_BATCH_TIMEOUT,
             retry_policy=MigoSmtpRetryPolicy(),
             on_failure_callback=CampaignHaltNotifier(),
             map_index_template="{{ task.op_kwargs['batch'] | batch_label }}",

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import json
 import logging
 import math
 import re
+import socket
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,9 +28,16 @@ import requests
 from airflow.providers.http.hooks.http import HttpHook
 from requests.auth import AuthBase
 from requests.exceptions import ChunkedEncodingError
+from requests_toolbelt.adapters.socket_options import TCPKeepAliveAdapter
+
+from include.migosmtp.retry_policy import (
+    DEFAULT_REQUEST_TIMEOUT_SECONDS,
+    MAX_RATE_WINDOW_SECONDS,
+    MAX_REQUEST_TIMEOUT_SECONDS,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from airflow.sdk import Connection
 
@@ -38,10 +49,8 @@ MIGOSMTP_CONN_ID = "migosmtp_default"
 SEND_ENDPOINT = "/v1/email/send/bulk"
 BATCHES_ENDPOINT = "/v1/email/batches"
 QUOTA_ENDPOINT = "/v1/account/quota"
-REQUEST_TIMEOUT_SECONDS = 30.0
+REQUEST_TIMEOUT_SECONDS = DEFAULT_REQUEST_TIMEOUT_SECONDS
 DEFAULT_RATE_LIMIT_WAIT_SECONDS = 60.0
-# The API's windows are a minute; a reset further out than this is not a rate window we understand.
-MAX_RATE_WINDOW_SECONDS = 120.0
 # The longest wait a provider's Retry-After may impose: past it (a broken header, or a date far
 # ahead) the batch waits this long and asks again; each 429 uses one of the task's retries.
 MAX_RETRY_AFTER_SECONDS = 900.0
@@ -98,6 +107,16 @@ class IdempotencyConflict(RequestRejected):
 class InsecureConnection(InvalidApiKey):
     """The connection would send the API key over plain http to a host that is not loopback.
     Like a wrong key, the connection has to be fixed: not retried, and it halts the run."""
+
+
+class InvalidPayload(RequestRejected):
+    """The batch cannot be encoded as JSON (a NaN or infinite variable, say): nothing was sent,
+    and resending the same batch cannot help."""
+
+
+class InvalidTimeout(MigoSmtpError):
+    """The connection's ``timeout`` extra is not a positive number of seconds: fix the connection.
+    Raised before any request; not retried (every retry would read the same connection)."""
 
 
 class MalformedResponse(MigoSmtpError):
@@ -209,8 +228,13 @@ class MigoSmtpHook(HttpHook):
     conn_type = "http"
     hook_name = "MigoSMTP"
 
-    def __init__(self, method: str = "POST", migosmtp_conn_id: str = MIGOSMTP_CONN_ID) -> None:
-        super().__init__(method=method, http_conn_id=migosmtp_conn_id)
+    def __init__(
+        self,
+        method: str = "POST",
+        migosmtp_conn_id: str = MIGOSMTP_CONN_ID,
+        adapter: requests.adapters.HTTPAdapter | None = None,
+    ) -> None:
+        super().__init__(method=method, http_conn_id=migosmtp_conn_id, adapter=adapter)
 
     def _extract_auth(self, connection: Connection) -> AuthBase:
         key = (connection.password or "").strip()
@@ -253,9 +277,11 @@ def _is_loopback(host: str | None) -> bool:
         return False
 
 
-def provider_text(text: str | None, secrets: Iterable[str] = ()) -> str:
-    """Provider-supplied text made safe to store and forward: one line, at most
-    ``MAX_PROVIDER_TEXT`` characters, anything that looks like a credential replaced."""
+def provider_text(text: str | None, secrets: Iterable[str], limit: int = MAX_PROVIDER_TEXT) -> str:
+    """Provider-supplied text made safe to store and forward: one line, at most ``limit``
+    characters, ``secrets`` and anything that looks like a credential replaced. The whole text is
+    filtered before it is cut, so a secret cut in half cannot slip through. ``secrets`` has no
+    default: the client passes its connection's key (``MigoSmtpClient._said``)."""
     if not text:
         return ""
     for secret in secrets:
@@ -263,7 +289,7 @@ def provider_text(text: str | None, secrets: Iterable[str] = ()) -> str:
             text = text.replace(secret, "[redacted]")
     text = _CREDENTIAL.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
     text = " ".join(text.split())
-    return text if len(text) <= MAX_PROVIDER_TEXT else text[: MAX_PROVIDER_TEXT - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def idempotency_key(campaign_id: str, batch_number: int) -> str:
@@ -286,7 +312,7 @@ def build_payload(
     tags: list[str],
 ) -> dict[str, Any]:
     """The article's bulk body. Subject and bodies pass through untouched: MigoSMTP fills ``{{vars}}``."""
-    return {
+    payload = {
         "from": from_email,
         "subject": subject,
         "html": html,
@@ -295,6 +321,35 @@ def build_payload(
         "send_at": send_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "tags": tags,
     }
+    # Encoded once here too: the task builds the payload before the ledger counts an attempt,
+    # so a batch that cannot be sent fails with no attempt recorded.
+    encode_payload(payload)
+    return payload
+
+
+def encode_payload(payload: dict[str, Any]) -> bytes:
+    """The request body: the bytes ``requests``' ``json=`` made (so a resend under an idempotency
+    key is the same body), but strict. NaN and Infinity are not JSON: raises ``InvalidPayload``."""
+    try:
+        return json.dumps(payload, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as err:
+        batch = next((t for t in payload.get("tags", ()) if str(t).startswith("batch:")), "?")
+        raise InvalidPayload(
+            f"batch {batch!r} cannot be sent as JSON: {_unencodable(payload) or err}. Fix the value in "
+            "the recipients table (NULL or a finite number) and plan the campaign again; not retried.",
+            code="invalid_payload",
+        ) from None
+
+
+def _unencodable(payload: dict[str, Any]) -> str:
+    """Which recipient variable is not JSON, by position in the batch (addresses stay out of errors)."""
+    for position, recipient in enumerate(payload.get("recipients", ()), start=1):
+        for name, value in recipient.get("variables", {}).items():
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError):
+                return f"recipient {position}'s variable {name!r} is {value!r:.40}"
+    return ""
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -313,6 +368,122 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, (moment - (now or datetime.now(UTC))).total_seconds())
 
 
+def request_timeout(value: Any, conn_id: str) -> float:
+    """The deadline, in seconds, for one whole request (connect, send, read the body).
+
+    ``value`` is the connection's ``timeout`` extra (or the client's argument): absent or null is
+    the default (30 s), a number above ``MAX_REQUEST_TIMEOUT_SECONDS`` is clamped to it, and zero,
+    a negative number or anything not a number (a list, ``"soon"``, NaN) is refused: ``requests``
+    would otherwise wait forever or raise an error that does not say where the value came from.
+    """
+    if value is None:
+        return DEFAULT_REQUEST_TIMEOUT_SECONDS
+    seconds: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        try:
+            seconds = float(value.strip())
+        except ValueError:
+            seconds = None
+    if seconds is None or math.isnan(seconds) or seconds <= 0:
+        raise InvalidTimeout(
+            f"connection {conn_id!r} has timeout {value!r} in its extra: it must be a positive number "
+            f"of seconds (at most {MAX_REQUEST_TIMEOUT_SECONDS:g}; remove it for the "
+            f"{DEFAULT_REQUEST_TIMEOUT_SECONDS:g} s default)",
+            code="invalid_timeout",
+        )
+    if seconds > MAX_REQUEST_TIMEOUT_SECONDS:
+        log.warning(
+            "Connection %s asks for a %r s timeout; requests are capped at %g s",
+            conn_id,
+            value,
+            MAX_REQUEST_TIMEOUT_SECONDS,
+        )
+    return min(seconds, MAX_REQUEST_TIMEOUT_SECONDS)
+
+
+class _Deadline:
+    """One request's deadline, from connect to the body's last byte.
+
+    requests' timeouts bound each wait on the socket, not the request: a server that trickles a
+    byte a second never trips them, in its headers or its body. So when the deadline passes, a
+    timer shuts the request's sockets, wherever the request is; the request then fails as a
+    dropped connection would, and ``expired`` says why.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._ends = time.monotonic() + seconds
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._timer.cancel()
+
+    def left(self) -> float:
+        return max(self._ends - time.monotonic(), 0.001)
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)  # wakes a recv or send blocked in another thread
+    except OSError:
+        pass  # already closed
+
+
+class _WatchedConnection:
+    """Mixed into urllib3's connection class: hands each new socket to the request's deadline."""
+
+    deadline: _Deadline
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        self.deadline.watch(self.sock)  # type: ignore[attr-defined]
+
+
+class _DeadlineAdapter(TCPKeepAliveAdapter):
+    """HttpHook's default adapter (TCP keep-alive, its settings), its connections watched."""
+
+    def __init__(self, deadline: _Deadline) -> None:
+        self._deadline = deadline
+        super().__init__(idle=120, count=20, interval=30)
+
+    def get_connection_with_tls_context(self, *args: Any, **kwargs: Any) -> Any:
+        pool = super().get_connection_with_tls_context(*args, **kwargs)
+        base = pool.ConnectionCls
+        if not issubclass(base, _WatchedConnection):  # a pool of this session met again (a redirect)
+            watched = {"deadline": self._deadline}
+            pool.ConnectionCls = type(f"Watched{base.__name__}", (_WatchedConnection, base), watched)
+        return pool
+
+
+def _no_answer(method: str, endpoint: str, why: str) -> OutcomeUnknown:
+    return OutcomeUnknown(
+        f"no answer from MigoSMTP for {method} {endpoint} ({why}); the request may or may not have "
+        "been accepted"
+    )
+
+
 def _json_body(response: requests.Response) -> dict[str, Any]:
     try:
         body = response.json()
@@ -321,11 +492,13 @@ def _json_body(response: requests.Response) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-def _error_for(response: requests.Response, conn_id: str, secrets: Iterable[str] = ()) -> MigoSmtpError:
+def _error_for(response: requests.Response, conn_id: str, said: Callable[[str], str]) -> MigoSmtpError:
+    """The error for a non-2xx answer; every text from the provider in it goes through ``said``."""
     status = response.status_code
     body = _json_body(response)
-    code = provider_text(str(body["error"]), secrets)[:64] if body.get("error") else None
-    detail = provider_text(body.get("message") or code or response.text or response.reason, secrets)
+    code = said(str(body["error"]))[:64] if body.get("error") else None
+    message = body.get("message")
+    detail = said(str(message) if message else code or response.text or response.reason)
     if status == 429:
         asked = parse_retry_after(response.headers.get("Retry-After"))
         if asked is None:
@@ -362,8 +535,9 @@ def _error_for(response: requests.Response, conn_id: str, secrets: Iterable[str]
 
 
 class MigoSmtpClient:
-    """The calls the campaign makes. The timeout is 30 s unless given here or as the connection's
-    ``timeout`` extra."""
+    """The calls the campaign makes. Each request has one deadline, connect to the body's last
+    byte: 30 s unless given here or as the connection's ``timeout`` extra, at most 120 s (see
+    ``request_timeout``)."""
 
     def __init__(self, conn_id: str = MIGOSMTP_CONN_ID, timeout: float | None = None) -> None:
         self._conn_id = conn_id
@@ -373,24 +547,47 @@ class MigoSmtpClient:
     def _extra(self) -> dict[str, Any]:
         return MigoSmtpHook.get_connection(self._conn_id).extra_dejson
 
-    def _request(self, method: str, endpoint: str, **kwargs: Any) -> requests.Response:
-        hook = MigoSmtpHook(method=method, migosmtp_conn_id=self._conn_id)
-        options: dict[str, Any] = {"check_response": False}
-        if self._timeout is not None:
-            options["timeout"] = self._timeout
-        elif "timeout" not in self._extra:
-            options["timeout"] = REQUEST_TIMEOUT_SECONDS
+    @functools.cached_property
+    def timeout(self) -> float:
+        """Seconds one request may take, connect to the body's last byte."""
+        value = self._timeout if self._timeout is not None else self._extra.get("timeout")
+        return request_timeout(value, self._conn_id)
+
+    def _said(self, text: str | None, limit: int = MAX_PROVIDER_TEXT) -> str:
+        """Provider text as it may appear in an error, the ledger or a log: the one way it gets
+        there, filtered of credentials and of this connection's key (``provider_text``)."""
         try:
-            return hook.run(endpoint, extra_options=options, **kwargs)
-        except (requests.Timeout, requests.ConnectionError, ChunkedEncodingError) as err:
-            raise OutcomeUnknown(
-                f"no answer from MigoSMTP for {method} {endpoint} ({type(err).__name__}); "
-                "the request may or may not have been accepted"
-            ) from err
+            key = MigoSmtpHook.get_connection(self._conn_id).password or ""
+        except Exception:  # noqa: BLE001 - the error must still be raised without it
+            key = ""
+        return provider_text(text, (key, key.strip()), limit)
+
+    def _request(self, method: str, endpoint: str, **kwargs: Any) -> requests.Response:
+        seconds = self.timeout  # an unusable extra fails here, before any request
+        with _Deadline(seconds) as deadline:
+            hook = MigoSmtpHook(method, self._conn_id, adapter=_DeadlineAdapter(deadline))
+            # Not streamed, so the body is read inside the deadline; requests' own timeout bounds
+            # the connect, which the deadline's timer cannot interrupt (no socket yet).
+            options = {"check_response": False, "stream": False, "timeout": deadline.left()}
+            try:
+                response = hook.run(endpoint, extra_options=options, **kwargs)
+            except (requests.Timeout, requests.ConnectionError, ChunkedEncodingError) as err:
+                why = f"no complete answer within {seconds:g} s" if deadline.expired else type(err).__name__
+                raise _no_answer(method, endpoint, why) from err
+        if deadline.expired:
+            # Shut mid-headers, http.client takes the end of the stream for the end of the answer:
+            # a cut answer can look whole (a 202 with no body), so none is trusted.
+            raise _no_answer(method, endpoint, f"no complete answer within {seconds:g} s")
+        return response
 
     def send_bulk(self, payload: dict[str, Any], key: str) -> SendReceipt:
         """Submit one batch. Raises a ``MigoSmtpError`` subclass that says what to do next."""
-        response = self._request("POST", SEND_ENDPOINT, json=payload, headers={"Idempotency-Key": key})
+        response = self._request(
+            "POST",
+            SEND_ENDPOINT,
+            data=encode_payload(payload),
+            headers={"Idempotency-Key": key, "Content-Type": "application/json"},
+        )
         if not response.ok:
             raise self._error(response)
         body = _json_body(response)
@@ -402,7 +599,7 @@ class MigoSmtpClient:
             if found is None or not isinstance(found.get("batch_id"), str) or not found["batch_id"]:
                 raise OutcomeUnknown(
                     f"MigoSMTP answered {response.status_code} without a batch_id "
-                    f"(body starts {provider_text(response.text[:80])!r}) and has no batch under "
+                    f"(body starts {self._said(response.text, 80)!r}) and has no batch under "
                     f"idempotency key {key!r} yet; retried, and the retry asks again first",
                     response.status_code,
                 )
@@ -418,11 +615,7 @@ class MigoSmtpClient:
 
     def _error(self, response: requests.Response) -> MigoSmtpError:
         """The error for a non-2xx answer, its text filtered of this connection's key too."""
-        try:
-            key = MigoSmtpHook.get_connection(self._conn_id).password or ""
-        except Exception:  # noqa: BLE001 - the error must still be raised without it
-            key = ""
-        return _error_for(response, self._conn_id, (key, key.strip()))
+        return _error_for(response, self._conn_id, self._said)
 
     def get_batch(self, batch_id: str) -> dict[str, Any]:
         """A batch's live status and per-outcome ``counts``."""
@@ -447,7 +640,7 @@ class MigoSmtpClient:
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (limit, used)):
             raise MalformedResponse(
                 f"MigoSMTP quota answered {response.status_code} without whole monthly_limit and "
-                f"monthly_used (body starts {provider_text(response.text[:80])!r})",
+                f"monthly_used (body starts {self._said(response.text, 80)!r})",
                 response.status_code,
             )
         return Quota(monthly_limit=limit, monthly_used=used)

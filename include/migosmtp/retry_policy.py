@@ -5,9 +5,12 @@
 | 429 rate_limited              | retry after ``Retry-After`` (at most 15 min, see client)   |
 | 402 quota_exceeded            | fail now: no retry can help until the plan changes         |
 | 401 invalid_api_key           | fail now: do not retry with bad auth (or plain http)       |
-| 5xx, timeout, dropped answer, | retry after 10 s, 30 s, 2 min; then fail (and alert once   |
-| broken body, 2xx without id   | per run); every retry asks by idempotency key first        |
-| 409, other 4xx, malformed     | fail now, with the API's message                           |
+| 5xx, timeout (the request's   | retry after 10 s, 30 s, 2 min; then fail (and alert once   |
+| deadline), dropped answer,    | per run); every retry asks by idempotency key first        |
+| broken body, 2xx without id   |                                                            |
+| 409, other 4xx, malformed,    | fail now, with the API's message (or the client's)         |
+| a body that is not JSON, an   |                                                            |
+| unusable ``timeout`` extra    |                                                            |
 | anything else (the warehouse) | the task's retry delay, at most 3 retries                  |
 
 Server-side failures are counted in the task's state store, so 429 retries
@@ -30,6 +33,15 @@ if TYPE_CHECKING:
     from airflow.sdk.definitions.context import Context
 
 SERVER_ERROR_DELAYS_SECONDS = (10.0, 30.0, 120.0)
+# The client's bounds, here (not in the client) because DAG files import this module when parsed
+# and ``dag_factory`` derives send_batch's execution_timeout from them.
+# One deadline per request (connect, send, read the whole body): the connection's ``timeout``
+# extra, 30 s when absent or null, at most MAX_REQUEST_TIMEOUT_SECONDS.
+DEFAULT_REQUEST_TIMEOUT_SECONDS = 30.0
+MAX_REQUEST_TIMEOUT_SECONDS = 120.0
+# The API's windows are a minute; a reset further out than this is not a rate window we understand,
+# so it is also the longest a batch holds its pool slot after its send (client.pause_after_send).
+MAX_RATE_WINDOW_SECONDS = 120.0
 MAX_DELAY_SECONDS = 86400.0
 OTHER_ERRORS_MAX_TRIES = 4
 DELAYS_VARIABLE = "migosmtp_server_error_delays"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from datetime import UTC, datetime, timedelta, timezone
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 import requests
 
+import include.migosmtp.client as client_module
 from include.campaign.audience import Recipient
 from include.migosmtp.client import (
     MAX_PROVIDER_TEXT,
@@ -492,8 +494,7 @@ class TestSendBulk:
         # The client gave up while the sandbox was still working on it: a timeout, not the answer.
         assert clean_sandbox.health()["in_flight"] == 1
         assert excinfo.value.status is None
-        assert "may or may not have been accepted" in str(excinfo.value)
-        assert isinstance(excinfo.value.__cause__, requests.Timeout)
+        assert "(no complete answer within 0.5 s); the request may or may not" in str(excinfo.value)
         # The sandbox finishes the slow request after the client gave up.
         [batch] = wait_for_batches(clean_sandbox, 1)
         assert client.find_batch("k-slow")["batch_id"] == batch["batch_id"]
@@ -757,3 +758,148 @@ class TestProviderText:
 
         assert API_KEY not in str(excinfo.value)
         assert len(str(excinfo.value)) < MAX_PROVIDER_TEXT + 100
+
+
+def rejected_at_once(error: BaseException) -> bool:
+    return MigoSmtpRetryPolicy().evaluate(error, 1, 13).retry_delay is None
+
+
+class TestRequestDeadline:
+    """One deadline per request, connect to the body's last byte (the sandbox's ``trickle`` fault
+    sends a few bytes every quarter second: never quiet long enough for a read timeout)."""
+
+    @pytest.mark.parametrize("endpoint", ["send", "lookup", "quota"])
+    def test_a_trickled_answer_ends_at_the_deadline_as_an_unknown_outcome(
+        self, clean_sandbox, monkeypatch, endpoint
+    ) -> None:
+        set_connection(monkeypatch, clean_sandbox, password=API_KEY, extra={"timeout": 1})
+        clean_sandbox.set_faults([{"action": "trickle", "seconds": 8, "endpoint": endpoint}])
+        client = MigoSmtpClient()
+        call = {
+            "send": lambda: client.send_bulk(make_payload(1), "k-trickle"),
+            "lookup": lambda: client.find_batch("k-trickle"),
+            "quota": client.get_quota,
+        }[endpoint]
+
+        started = time.monotonic()
+        with pytest.raises(
+            OutcomeUnknown, match=r"\(no complete answer within 1 s\); the request may"
+        ) as excinfo:
+            call()
+        elapsed = time.monotonic() - started
+
+        assert 1 <= elapsed < 1.5  # not the 8 s the answer takes
+        assert not rejected_at_once(excinfo.value)  # a timeout: retried, asking by key first
+        if endpoint == "send":
+            [batch] = clean_sandbox.record()["batches"]
+            assert client.find_batch("k-trickle")["batch_id"] == batch["batch_id"]
+
+    @pytest.mark.parametrize(
+        ("extra", "seconds"),
+        [({}, 30), ({"timeout": None}, 30), ({"timeout": 5}, 5), ({"timeout": " 45 "}, 45)]
+        + [({"timeout": 600}, 120), ({"timeout": 1e300}, 120), ({"timeout": "Infinity"}, 120)],
+        ids=["absent", "null", "5", "string", "600", "1e300", "Infinity"],
+    )
+    def test_the_deadline_is_the_extras_within_the_ceiling(self, clean_sandbox, monkeypatch, extra, seconds):
+        set_connection(monkeypatch, clean_sandbox, password=API_KEY, extra=extra)
+
+        assert MigoSmtpClient().timeout == seconds
+
+    @pytest.mark.parametrize("value", [0, -5, "soon", [5, 30], True, "NaN"])
+    def test_an_unusable_timeout_is_refused_naming_the_connection_before_any_request(
+        self, clean_sandbox, monkeypatch, value
+    ) -> None:
+        set_connection(monkeypatch, clean_sandbox, password=API_KEY, extra={"timeout": value})
+
+        with pytest.raises(
+            MigoSmtpError, match=r"connection 'migosmtp_default' has timeout .* positive"
+        ) as e:
+            MigoSmtpClient().send_bulk(make_payload(1), "k-bad-timeout")
+
+        assert e.value.code == "invalid_timeout"
+        assert rejected_at_once(e.value)
+        assert clean_sandbox.requests() == []
+
+
+class TestStrictJson:
+    @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+    def test_a_non_finite_variable_is_refused_when_the_payload_is_built(self, value) -> None:
+        people = recipients(3)
+        people[1].variables["score"] = value
+
+        with pytest.raises(RequestRejected) as excinfo:
+            build_payload(
+                from_email="news@example.com",
+                subject="s",
+                html="h",
+                text="t",
+                recipients=people,
+                send_at=SEND_AT,
+                tags=batch_tags("spring-sale", 7),
+            )
+
+        message = str(excinfo.value)
+        assert excinfo.value.code == "invalid_payload"
+        assert "batch 'batch:spring-sale:7'" in message and "recipient 2's variable 'score'" in message
+        assert "user1@example.org" not in message
+        assert rejected_at_once(excinfo.value)
+
+    def test_send_bulk_refuses_a_non_finite_value_before_any_request(self, clean_sandbox) -> None:
+        payload = make_payload(1)
+        payload["recipients"][0]["variables"]["score"] = math.inf
+
+        with pytest.raises(RequestRejected, match="cannot be sent as JSON"):
+            MigoSmtpClient().send_bulk(payload, "k-inf")
+
+        assert clean_sandbox.requests() == []
+
+    def test_the_body_is_byte_for_byte_what_requests_json_made(self) -> None:
+        # A batch first sent before the client encoded its own body must be resent identically.
+        payload = make_payload(2)
+
+        made = requests.Request("POST", "https://api.example.com", json=payload).prepare().body
+        assert client_module.encode_payload(payload) == made
+
+
+ECHOED_KEY = "sk-echoed-0123456789"
+
+
+class TestEchoedKey:
+    """A provider that echoes the connection's key anywhere in an answer: in no error, no log."""
+
+    @pytest.fixture
+    def echoing(self, clean_sandbox, monkeypatch):
+        clean_sandbox.update_settings(api_key=ECHOED_KEY)
+        set_connection(monkeypatch, clean_sandbox, password=ECHOED_KEY)
+        return clean_sandbox
+
+    @pytest.mark.parametrize(
+        ("fault", "error"),
+        [
+            ({"action": "malformed", "body": f"accepted for {ECHOED_KEY}"}, OutcomeUnknown),
+            ({"action": "malformed", "body": "x " * 33 + ECHOED_KEY}, OutcomeUnknown),
+            (
+                {
+                    "action": "malformed",
+                    "endpoint": "quota",
+                    "body": json.dumps({"monthly_limit": ECHOED_KEY}),
+                },
+                MalformedResponse,
+            ),
+            ({"action": "status", "status": 503, "message": f"upstream refused {ECHOED_KEY}"}, ServerError),
+            ({"action": "status", "status": 400, "error": ECHOED_KEY}, RequestRejected),
+        ],
+        ids=["2xx without batch_id", "cut at the quoted start", "malformed quota", "5xx", "4xx code"],
+    )
+    def test_is_in_no_error_and_no_log(self, echoing, caplog, capfd, fault, error) -> None:
+        caplog.set_level(logging.DEBUG)
+        echoing.set_faults([fault])
+        client = MigoSmtpClient()
+
+        with pytest.raises(error) as excinfo:
+            client.get_quota() if fault.get("endpoint") == "quota" else client.send_bulk(make_payload(1), "k")
+
+        out, err = capfd.readouterr()
+        assert "[reda" in str(excinfo.value)
+        for text in (str(excinfo.value), repr(excinfo.value), caplog.text, out, err):
+            assert ECHOED_KEY[:8] not in text

@@ -8,9 +8,10 @@ requests) for tests to inject faults and inspect what was stored.
 Fault actions: ``status`` (answer with an error status, after ``seconds``), ``latency`` (sleep,
 then handle), ``drop_after_accept`` (handle, then close the connection without
 answering), ``drop`` (close without handling), ``malformed`` (answer 202
-with a body that is not JSON, storing the batch only if ``accept`` is true) and
-``break_body`` (handle, then start a chunked answer and close the connection
-in the middle of it).
+with a body that is not JSON, or ``body`` if given, storing the batch only if ``accept`` is
+true), ``break_body`` (handle, then start a chunked answer and close the connection
+in the middle of it) and ``trickle`` (handle, then send the whole answer, status line
+first, a few bytes every quarter second over ``seconds``).
 """
 
 from include.migosmtp.sandbox.harness import SandboxError, SandboxProcess

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 import math
 import re
@@ -44,6 +45,8 @@ QUOTA_PATH = "/v1/account/quota"
 MAX_RECIPIENTS = 1000
 IDEMPOTENCY_TTL = timedelta(hours=24)
 RESET_DRAIN_SECONDS = 30.0
+# A trickled answer gets a few bytes this often: never silent long enough for a read timeout.
+TRICKLE_TICK_SECONDS = 0.25
 SEND_AT_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+")
 SEND_FIELDS = {"from", "subject", "html", "text", "recipients", "send_at", "tags"}
@@ -580,8 +583,9 @@ class Fault:
     retry_after: str = "1"
     seconds: float = 0.0
     accept: bool = False
+    body: str | None = None  # a malformed answer's body, instead of MALFORMED's
 
-    ACTIONS = ("status", "latency", "drop_after_accept", "drop", "malformed", "break_body")
+    ACTIONS = ("status", "latency", "drop_after_accept", "drop", "malformed", "break_body", "trickle")
     ENDPOINTS = ("send", "lookup", "quota", "any")
 
     @classmethod
@@ -602,6 +606,8 @@ class Fault:
             raise ValueError("status must be an HTTP status code")
         if not isinstance(fault.seconds, (int, float)) or fault.seconds < 0:
             raise ValueError("seconds must be a non-negative number")
+        if fault.body is not None and not isinstance(fault.body, str):
+            raise ValueError("body must be a string")
         fault.retry_after = str(fault.retry_after)
         return fault
 
@@ -843,6 +849,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
             self._drop()
         elif fault and fault.action == "break_body":
             self._break_body(resp)
+        elif fault and fault.action == "trickle":
+            self._trickle(resp, fault.seconds)
         else:
             self._respond(resp)
 
@@ -862,8 +870,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
             case "malformed":
                 if fault.accept:
                     self._handle(API_ROUTES, req, auth=True)
-                return MALFORMED
-            case _:  # drop_after_accept, break_body: handled normally, the answer withheld or cut
+                return MALFORMED if fault.body is None else Response(MALFORMED.status, fault.body.encode())
+            case _:  # drop_after_accept, break_body, trickle: handled, the answer withheld, cut or slow
                 return self._handle(API_ROUTES, req, auth=True)
 
     def _fault_endpoints(self, path: str) -> set[str]:
@@ -932,6 +940,25 @@ class SandboxHandler(BaseHTTPRequestHandler):
         self.wfile.write(f"{len(data):x}\r\n".encode() + half)  # promises more than it sends
         self.wfile.flush()
         self._drop()
+
+    def _trickle(self, resp: Response, seconds: float) -> None:
+        """Send the whole answer, status line first, a few bytes every tick for ``seconds``: never
+        quiet long enough to trip a client's read timeout, yet done only at the end."""
+        socket_writer, self.wfile = self.wfile, io.BytesIO()
+        try:
+            self._respond(resp)
+            data = self.wfile.getvalue()
+        finally:
+            self.wfile = socket_writer
+        self.log_message('"%s" answer trickled by fault over %g s', self.requestline, seconds)
+        step = max(1, math.ceil(len(data) * TRICKLE_TICK_SECONDS / max(seconds, TRICKLE_TICK_SECONDS)))
+        try:
+            for start in range(0, len(data), step):
+                time.sleep(TRICKLE_TICK_SECONDS)
+                self.wfile.write(data[start : start + step])
+                self.wfile.flush()
+        except OSError:  # the client gave up: the point of the fault
+            self.close_connection = True
 
     def _respond(self, resp: Response) -> None:
         data = resp.body if isinstance(resp.body, bytes) else json.dumps(resp.body).encode()
