@@ -269,6 +269,20 @@ class TestCampaignParams:
             ("recipients_table", "a.b.c"),
             ("mode", "x"),
             ("quota_policy", ""),
+            ("recipients_table", "pg_catalog.pg_authid"),
+            ("recipients_table", "Information_Schema.tables"),
+            ("recipients_table", "sqlite_master"),
+            ("recipients_table", "pg_user"),
+            ("recipients_table", "email_batch_ledger"),
+            ("recipients_table", "public.Email_Campaigns"),
+            ("recipients_table", "recipients\n"),
+            ("from_email", "a@example.com, b@example.com"),
+            ("from_email", "News <news@example.com>"),
+            ("from_email", "news@example.com\n"),
+            ("from_email", "news@example.com\u2028"),
+            ("subject", "Hello\n"),
+            ("subject", "Hello\r\nBcc: x@example.com"),
+            ("subject", "Hi\u0085there"),
         ],
     )
     def test_the_param_schema_and_from_params_refuse_the_same_values(self, field, value):
@@ -388,6 +402,9 @@ class TestHostileParams:
             "news@example.com\u2028",
             "news@example.com\u0085",
             "a@b@example.com",
+            "news@example.com,",
+            "<news@example.com>",
+            '"News"@example.com',
         ],
     )
     def test_from_email_must_be_one_plain_address(self, from_email):
@@ -398,7 +415,9 @@ class TestHostileParams:
     def test_a_plain_from_email_is_accepted(self, from_email):
         assert CampaignSettings.from_params(params(from_email=from_email), now=NOW).from_email == from_email
 
-    @pytest.mark.parametrize("char", ["\r", "\n", "\t", "\x00", "\x1f", "\x7f", "\u0085", "\u2028", "\u2029"])
+    @pytest.mark.parametrize(
+        "char", ["\r", "\n", "\t", "\x00", "\x1f", "\x7f", "\x9b", "\u0085", "\u2028", "\u2029"]
+    )
     def test_subject_refuses_control_characters_and_line_breaks(self, char):
         with pytest.raises(CampaignSettingsError, match="subject"):
             CampaignSettings.from_params(params(subject=f"Hello{char}Bcc: x@example.com"), now=NOW)
@@ -407,9 +426,13 @@ class TestHostileParams:
         with pytest.raises(ParamValidationError):
             validate_conf({"campaign_id": "c1", "subject": "Hello\r\nBcc: x@example.com"})
 
-    def test_the_trigger_form_refuses_a_from_email_list(self):
-        with pytest.raises(ParamValidationError):
-            validate_conf({"campaign_id": "c1", "from_email": "a@example.com, b@example.com"})
+    @pytest.mark.parametrize(
+        "from_email",
+        ["a@example.com, b@example.com", "news@example.com,", "<news@example.com>", "news@example.com\n"],
+    )
+    def test_the_trigger_form_refuses_anything_but_one_plain_address(self, from_email):
+        with pytest.raises(ParamValidationError, match="from_email"):
+            validate_conf({"campaign_id": "c1", "from_email": from_email})
 
     def test_start_at_within_a_year_is_accepted(self):
         later = NOW + timedelta(days=365)
@@ -464,3 +487,44 @@ class TestHostileParams:
     @pytest.mark.parametrize("table", ["recipients", "marketing.recipients", "pgusers", "email_list"])
     def test_ordinary_tables_are_accepted(self, table):
         assert CampaignSettings.from_params(params(recipients_table=table), now=NOW).recipients_table == table
+
+    def test_a_far_logical_date_is_refused_as_the_empty_start_at(self):
+        with pytest.raises(CampaignSettingsError, match=r"start_at .*empty: the run's logical date"):
+            CampaignSettings.from_params(
+                params(start_at=None), now=NOW, logical_date=datetime(9999, 12, 31, tzinfo=UTC)
+            )
+
+    def test_the_subject_may_hold_any_printable_text(self):
+        subject = "Hé {{first_name}} 😀 — 50% off, «today»"
+        assert CampaignSettings.from_params(params(subject=subject), now=NOW).subject == subject
+        assert validate_conf({"campaign_id": "c1", "subject": subject})["subject"] == subject
+
+    def test_bodies_keep_their_line_breaks(self):
+        settings = CampaignSettings.from_params(
+            params(html_body="<p>a</p>\r\n<p>b</p>", text_body="a\nb"), now=NOW
+        )
+        assert (settings.html_body, settings.text_body) == ("<p>a</p>\r\n<p>b</p>", "a\nb")
+
+    @pytest.mark.parametrize("table", ["recipients", "marketing.recipients_2026", "email_list", "pgusers"])
+    def test_the_trigger_form_accepts_an_ordinary_table(self, table):
+        assert validate_conf({"campaign_id": "c1", "recipients_table": table})["recipients_table"] == table
+
+
+class TestTheProjectsOwnTables:
+    def test_every_table_the_schema_creates_is_refused_as_the_audience(self, warehouse):
+        from include.warehouse import ensure_schema
+
+        ensure_schema(warehouse)
+        if warehouse.dialect_name == "sqlite":
+            sql = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        else:
+            sql = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        tables = [row[0] for row in warehouse.get_records(sql)]
+
+        assert len(tables) >= 10
+        for table in tables:
+            for name in (table, table.upper(), f"public.{table}"):
+                with pytest.raises(CampaignSettingsError, match="recipients_table .* own tables"):
+                    CampaignSettings.from_params(params(recipients_table=name), now=NOW)
+                with pytest.raises(ParamValidationError, match="recipients_table"):
+                    validate_conf({"campaign_id": "c1", "recipients_table": name})
