@@ -5,14 +5,12 @@ Mounted at ``/campaigns``. It reads only the warehouse (``include.campaign.repor
 Only signed-in Airflow users who may read DAGs see it: the user comes from
 Airflow's auth manager, as for Airflow's own routes (the UI's session cookie or
 a Bearer token). A browser that is not signed in is sent to the login page;
-any other client gets 401.
+any other client gets 401. Every response, errors and the CSV included, carries
+``include.views.pages.SECURITY_HEADERS`` (a strict CSP, nosniff, same-origin framing).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Iterator
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -21,10 +19,35 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
 
 URL_PREFIX = "/campaigns"
 
+
+def _security_headers() -> dict[str, str]:
+    # Imported when serving, like the rest of include: see _may_read_dags.
+    from include.views.pages import SECURITY_HEADERS
+
+    return SECURITY_HEADERS
+
+
+class _SecureHeaders:
+    """ASGI middleware: the security headers on every response the app sends (pages, CSV, errors)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def send_secured(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).update(_security_headers())
+            await send(message)
+
+        await self.app(scope, receive, send_secured if scope["type"] == "http" else send)
+
+
 app = FastAPI(title="Campaigns", docs_url=None, redoc_url=None, openapi_url=None)
+app.add_middleware(_SecureHeaders)
 _bearer = HTTPBearer(auto_error=False)
 
 
@@ -56,6 +79,14 @@ async def _login_or_error(request: Request, exc: HTTPException) -> Response:
     return Response(exc.detail, status_code=exc.status_code, media_type="text/plain")
 
 
+@app.exception_handler(Exception)
+async def _server_error(request: Request, exc: Exception) -> Response:
+    # Starlette answers an unhandled error outside the middleware, so the headers are set here.
+    return Response(
+        "internal server error", status_code=500, media_type="text/plain", headers=_security_headers()
+    )
+
+
 def _hook():
     from include.warehouse import get_warehouse_hook
 
@@ -84,23 +115,16 @@ async def campaign_page(campaign_id: str, _user: Reader) -> str:
 @app.get("/{campaign_id}/rejected.csv")
 async def rejected_csv(campaign_id: str, _user: Reader) -> StreamingResponse:
     from include.campaign import report
+    from include.views.spreadsheet import csv_chunks
 
     hook = await run_in_threadpool(_hook)
     if not await run_in_threadpool(lambda: report.campaigns(hook, campaign_id)):
         raise HTTPException(status_code=404, detail=f"no campaign {campaign_id!r}")
 
-    def lines() -> Iterator[str]:  # streamed: a million rejected rows never sit in memory
-        for i, (columns, rows) in enumerate(report.rejected_rows(hook, campaign_id)):
-            out = io.StringIO()
-            writer = csv.writer(out)
-            if i == 0:
-                writer.writerow(columns)
-            writer.writerows(rows)
-            yield out.getvalue()
-
-    filename = quote(f"{campaign_id}-rejected.csv")
+    filename = quote(f"{campaign_id}-rejected.csv", safe="")
     return StreamingResponse(
-        lines(),
+        # Streamed: a million rejected rows never sit in memory. No cell is a formula.
+        csv_chunks(report.rejected_rows(hook, campaign_id)),
         media_type="text/csv",
         headers={"Content-Disposition": f"attachment; filename*=UTF-8''{filename}"},
     )

@@ -61,10 +61,26 @@ def campaigns(hook: DbApiHook, campaign_id: str | None = None) -> list[dict[str,
     )
     for row in rows:
         row["dry_run"] = bool(row["dry_run"])
-        row["batches_by_status"] = json.loads(row["batches_by_status"] or "{}")
+        row["batches_by_status"] = batch_counts(row["batches_by_status"])
         for key in ("recipients", "batches", *OUTCOMES, "halts"):
             row[key] = int(row[key] or 0)
     return rows
+
+
+def batch_counts(text: str | None) -> dict[str, int] | None:
+    """``email_campaigns.batches_by_status`` (a JSON object of counts), or None if it is not one:
+    the view shows that row's cell as malformed instead of failing the whole page."""
+    try:
+        counts = json.loads(text or "{}")
+    except (TypeError, ValueError, RecursionError):
+        return None
+    if not isinstance(counts, dict) or not all(_is_count(n) for n in counts.values()):
+        return None
+    return counts
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def campaign(hook: DbApiHook, campaign_id: str) -> dict[str, Any] | None:
@@ -106,13 +122,19 @@ def _series(batches: list[dict[str, Any]], width: int) -> dict[str, dict[str, in
     series: dict[str, dict[str, int]] = {}
     for b in batches:
         slot = series.setdefault(
-            b["send_at"][:width], {"scheduled": 0, "planned": 0, "delivered": 0, "bounced": 0}
+            str(b["send_at"])[:width], {"scheduled": 0, "planned": 0, "delivered": 0, "bounced": 0}
         )
         sent = b["status"] in ledger.SENT_STATUSES
-        slot["scheduled" if sent else "planned"] += int(b["recipient_count"])
-        slot["delivered"] += int(b["delivered"])
-        slot["bounced"] += int(b["bounced"])
+        # A count that is not a number (SQLite keeps any text) is left out here; the ledger table
+        # shows it as malformed.
+        slot["scheduled" if sent else "planned"] += _count(b["recipient_count"])
+        slot["delivered"] += _count(b["delivered"])
+        slot["bounced"] += _count(b["bounced"])
     return dict(sorted(series.items()))
+
+
+def _count(value: Any) -> int:
+    return value if _is_count(value) else 0
 
 
 def rejected_rows(hook: DbApiHook, campaign_id: str) -> Iterator[tuple[list[str], list[tuple]]]:

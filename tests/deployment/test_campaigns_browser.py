@@ -80,6 +80,8 @@ def test_trigger_a_dry_run_from_the_form_then_send_and_follow_it_on_the_campaign
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(TIMEOUT_MS)
+            console: list[str] = []
+            page.on("console", lambda message: console.append(message.text))
 
             # Sign in through Airflow's own login page, which sends us back to the view.
             page.goto(f"{stack.base_url}/campaigns/")
@@ -130,7 +132,15 @@ def test_trigger_a_dry_run_from_the_form_then_send_and_follow_it_on_the_campaign
             # Its page: marked a dry run, its batch count and its recipients per day.
             page.goto(f"{stack.base_url}/campaigns/")
             expect(page.locator('tr[data-campaign="browser-preview"]')).to_contain_text("dry run")
+            # Styled: the policy lets the page's one stylesheet apply.
+            expect(page.locator(".badge.dry-run").first).to_have_css("background-color", "rgb(255, 243, 191)")
             page.screenshot(path=str(ARTIFACTS / "campaign-list.png"), full_page=True)
+            # And the UI's own page for the view frames it (frame-ancestors 'self').
+            page.goto(f"{stack.base_url}/plugin/campaigns")
+            framed = page.frame_locator("iframe").locator('tr[data-campaign="browser-preview"]')
+            expect(framed).to_contain_text("dry run")
+            page.screenshot(path=str(ARTIFACTS / "campaign-list-in-ui.png"), full_page=True)
+            page.goto(f"{stack.base_url}/campaigns/")
             page.get_by_role("link", name="browser-preview").click()
             expect(page.locator("#batch-count")).to_have_text("4 batches")
             for day, recipients in _per_day(postgres_warehouse.hook, "browser-preview").items():
@@ -175,6 +185,7 @@ def test_trigger_a_dry_run_from_the_form_then_send_and_follow_it_on_the_campaign
             page.goto(f"{stack.base_url}/campaigns/browser-sent")
             page.screenshot(path=str(ARTIFACTS / "campaign-sent.png"), full_page=True)
             browser.close()
+            assert [m for m in console if "Content Security Policy" in m] == []  # the CSP refused nothing
 
     assert {r["status"] for r in ledger_rows(postgres_warehouse.hook, "browser-sent")} <= {
         "scheduled",

@@ -12,6 +12,7 @@ import requests
 
 from demo.audience import create_recipients_table
 from include.migosmtp.sandbox import SandboxProcess
+from include.views.pages import SECURITY_HEADERS
 from include.warehouse import utc_text
 from tests.deployment.airflow_stack import DAG_ID, AirflowStack
 from tests.deployment.campaign_checks import API_KEY, first_slot
@@ -89,3 +90,6 @@ def test_only_signed_in_users_see_the_campaigns_and_the_pages_show_the_ledger(tm
     assert rows[0] == ["source_row", "recipient_id", "email", "reason"] and len(rows) == 1 + 5
     assert "attachment" in rejected.headers["content-disposition"]
     assert missing.status_code == 404
+    # The security headers on every kind of response, as the API server sends them.
+    for response in (page, listing, sent, rejected, missing):
+        assert {k: response.headers.get(k) for k in SECURITY_HEADERS} == SECURITY_HEADERS, response.url
