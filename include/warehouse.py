@@ -27,10 +27,30 @@ REJECTED_TABLE = "email_rejected_recipients"
 HALTS_TABLE = "email_campaign_halts"
 ALERTS_TABLE = "email_campaign_alerts"
 EVENTS_TABLE = "email_events"
+EVENTS_QUARANTINE_TABLE = "email_events_quarantine"
 DELIVERIES_TABLE = "email_batch_deliveries"
 CAMPAIGNS_TABLE = "email_campaigns"
 SUPPRESSIONS_TABLE = "email_suppressions"
 SUPPRESSION_REASONS = ("hard_bounce", "complaint", "unsubscribe", "manual")
+
+# Delivery webhook events as received, one row per event. The contract numbers events within a
+# batch and promises no more, so the key is (batch_id, event_id): two campaigns' events that share
+# an event_id are two events. Tables made when the key was event_id alone are rekeyed by ensure_schema.
+_EVENTS_COLUMNS = """(
+        event_id TEXT NOT NULL,
+        batch_id TEXT NOT NULL,
+        campaign_id TEXT,
+        recipient TEXT NOT NULL,
+        type TEXT NOT NULL,
+        reason TEXT,
+        occurred_at BIGINT NOT NULL,
+        received_at TEXT NOT NULL,
+        bounce_type TEXT,
+        PRIMARY KEY (batch_id, event_id))"""
+_EVENTS_INDEXES = (
+    f"CREATE INDEX IF NOT EXISTS {EVENTS_TABLE}_by_batch ON {EVENTS_TABLE} (batch_id, recipient)",
+    f"CREATE INDEX IF NOT EXISTS {EVENTS_TABLE}_by_type ON {EVENTS_TABLE} (type)",
+)
 
 _SCHEMA = (
     # One row per campaign: its definition as first planned (see campaign/definition.py) and a status.
@@ -95,19 +115,16 @@ _SCHEMA = (
         batch_number INTEGER NOT NULL,
         sent_at TEXT NOT NULL,
         PRIMARY KEY (campaign_id, run_id, kind))""",
-    # Delivery webhook events as received, one row per provider event_id.
-    f"""CREATE TABLE IF NOT EXISTS {EVENTS_TABLE} (
-        event_id TEXT PRIMARY KEY,
-        batch_id TEXT NOT NULL,
-        campaign_id TEXT,
-        recipient TEXT NOT NULL,
-        type TEXT NOT NULL,
-        reason TEXT,
-        occurred_at BIGINT NOT NULL,
-        received_at TEXT NOT NULL,
-        bounce_type TEXT)""",
-    f"CREATE INDEX IF NOT EXISTS {EVENTS_TABLE}_by_batch ON {EVENTS_TABLE} (batch_id, recipient)",
-    f"CREATE INDEX IF NOT EXISTS {EVENTS_TABLE}_by_type ON {EVENTS_TABLE} (type)",
+    f"CREATE TABLE IF NOT EXISTS {EVENTS_TABLE} {_EVENTS_COLUMNS}",
+    *_EVENTS_INDEXES,
+    # Webhook events that failed validation, kept for a person to look at (never reconciled):
+    # raw_event is the event as JSON, ASCII-escaped and cut to 4 kB; the ids as sent, cut short.
+    f"""CREATE TABLE IF NOT EXISTS {EVENTS_QUARANTINE_TABLE} (
+        event_id TEXT,
+        batch_id TEXT,
+        reason TEXT NOT NULL,
+        raw_event TEXT NOT NULL,
+        received_at TEXT NOT NULL)""",
     # Per-batch delivery counts, recomputed from email_events by the reconcile task.
     f"""CREATE TABLE IF NOT EXISTS {DELIVERIES_TABLE} (
         campaign_id TEXT NOT NULL,
@@ -260,7 +277,12 @@ def ensure_schema(hook: DbApiHook) -> None:
         # (a pg_type unique violation): one process at a time, each statement committed
         # before the lock is released.
         hook.run(
-            [f"SELECT pg_advisory_lock({_SCHEMA_LOCK})", *statements, *_missing_columns(hook)],
+            [
+                f"SELECT pg_advisory_lock({_SCHEMA_LOCK})",
+                *statements,
+                *_missing_columns(hook),
+                _REKEY_EVENTS_POSTGRES,
+            ],
             autocommit=True,
         )
         hook.run(f"SELECT pg_advisory_unlock({_SCHEMA_LOCK})", autocommit=True)
@@ -275,6 +297,56 @@ def ensure_schema(hook: DbApiHook) -> None:
         except Exception as err:  # another process added it since we looked
             if "duplicate column" not in str(err).lower():
                 raise
+    if dialect == "sqlite":
+        _rekey_events_sqlite(hook)
+
+
+# An email_events made before its key was (batch_id, event_id) has the key event_id alone.
+# PostgreSQL swaps the constraint in place (the rows are unique under either key).
+_REKEY_EVENTS_POSTGRES = f"""DO $$
+DECLARE old_key name;
+BEGIN
+    SELECT c.conname INTO old_key
+    FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+    WHERE c.conrelid = '{EVENTS_TABLE}'::regclass AND c.contype = 'p'
+      AND cardinality(c.conkey) = 1 AND a.attname = 'event_id';
+    IF old_key IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE {EVENTS_TABLE} DROP CONSTRAINT %I, '
+            'ADD CONSTRAINT %I PRIMARY KEY (batch_id, event_id)', old_key, old_key);
+    END IF;
+END $$"""
+
+
+def _sqlite_key(cur: Any, table: str) -> list[str]:
+    """The primary key's columns, in key order (PRAGMA table_info's pk is the position in it)."""
+    rows = cur.execute(f"PRAGMA table_info({table})").fetchall()
+    return [row[1] for row in sorted(rows, key=lambda row: row[5]) if row[5]]
+
+
+def _rekey_events_sqlite(hook: DbApiHook) -> None:
+    """SQLite cannot change a primary key: copy an old email_events into a table with the new
+    key and put it in its place, all in one transaction (SQLite's DDL is transactional)."""
+    with closing(hook.get_conn()) as conn:
+        if _sqlite_key(conn.cursor(), EVENTS_TABLE) != ["event_id"]:
+            return
+        conn.isolation_level = None  # the transaction below is explicit
+        cur = conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")  # one writer at a time; look again under the lock
+        try:
+            if _sqlite_key(cur, EVENTS_TABLE) == ["event_id"]:
+                columns = ", ".join(row[1] for row in cur.execute(f"PRAGMA table_info({EVENTS_TABLE})"))
+                cur.execute(f"CREATE TABLE {EVENTS_TABLE}_rekeyed {_EVENTS_COLUMNS}")
+                cur.execute(
+                    f"INSERT INTO {EVENTS_TABLE}_rekeyed ({columns}) SELECT {columns} FROM {EVENTS_TABLE}"
+                )
+                cur.execute(f"DROP TABLE {EVENTS_TABLE}")  # and its indexes, made again below
+                cur.execute(f"ALTER TABLE {EVENTS_TABLE}_rekeyed RENAME TO {EVENTS_TABLE}")
+                for statement in _EVENTS_INDEXES:
+                    cur.execute(statement)
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
 
 
 def _missing_columns(hook: DbApiHook) -> list[str]:

@@ -3,9 +3,13 @@
 Mounted at ``/migosmtp``: point the provider's webhook at
 ``https://<airflow-api-server>/migosmtp/webhooks/events``. The signing secret
 is the password of the ``migosmtp_webhook`` connection. A request is checked
-(size, signature, replay window, shape) and its events stored by event_id in
-``email_events``; nothing else happens in the request, so the provider gets
-its answer fast. The ledger is advanced from the stored events elsewhere.
+(size, signature, replay window, shape: 413, 401, 400), each event validated on
+its own, and the valid ones stored in ``email_events`` keyed by ``(batch_id,
+event_id)`` (the first received wins); an event that cannot be stored goes to
+``email_events_quarantine`` and the rest of its post is stored all the same.
+The answer is ``200 {"stored", "duplicates", "quarantined"}``; nothing else
+happens in the request, so the provider gets its answer fast. The ledger is
+advanced from the stored events elsewhere.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ def _warehouse():
     return hook
 
 
-def _store_events(body: bytes, timestamp: str | None, signature: str | None) -> int:
+def _store_events(body: bytes, timestamp: str | None, signature: str | None) -> dict[str, int]:
     from airflow.sdk import BaseHook
 
     from include.migosmtp.webhooks import parse, store, verify
@@ -51,9 +55,14 @@ def _store_events(body: bytes, timestamp: str | None, signature: str | None) -> 
     if not secret:
         raise RuntimeError(f"connection {WEBHOOK_CONN_ID!r} has no password (the webhook signing secret)")
     verify(secret, timestamp, signature, body, now=time.time())
-    events = parse(body)
-    store(_warehouse(), events)
-    return len(events)
+    post = parse(body)
+    stored = store(_warehouse(), post.events, post.quarantined)
+    # Quarantined events are acknowledged too: a retry would bring the same bytes and fail the same way.
+    return {
+        "stored": stored,
+        "duplicates": len(post.events) - stored,
+        "quarantined": len(post.quarantined),
+    }
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:
@@ -83,7 +92,7 @@ async def receive_events(request: Request) -> JSONResponse:
             headers={"Connection": "close"},
         )
     try:
-        stored = await run_in_threadpool(
+        counts = await run_in_threadpool(
             _store_events,
             body,
             request.headers.get("x-migosmtp-timestamp"),
@@ -91,7 +100,7 @@ async def receive_events(request: Request) -> JSONResponse:
         )
     except WebhookRejected as rejected:
         return JSONResponse({"error": rejected.reason}, status_code=rejected.status)
-    return JSONResponse({"received": stored})
+    return JSONResponse(counts)
 
 
 class MigoSmtpWebhooksPlugin(AirflowPlugin):

@@ -96,7 +96,9 @@ def update_from_events(hook: DbApiHook) -> int:
             SELECT {recipient} AS email,
                 CASE e.type {cases} ELSE '{HARD_BOUNCE}' END AS reason,
                 e.campaign_id, e.event_id,
-                ROW_NUMBER() OVER (PARTITION BY {recipient} ORDER BY e.occurred_at, e.event_id) AS nth
+                ROW_NUMBER() OVER (
+                    PARTITION BY {recipient} ORDER BY e.occurred_at, e.event_id, e.batch_id
+                ) AS nth
             FROM {EVENTS_TABLE} e
             WHERE (e.type IN ({always}) OR (e.type = 'bounced' AND e.bounce_type = 'hard'))
               AND NOT EXISTS (

@@ -6,21 +6,23 @@ from datetime import UTC, datetime
 
 import pytest
 
-from include.campaign import ledger
+from include.campaign import ledger, suppressions
 from include.campaign.deliveries import reconcile
 from include.migosmtp.webhooks import DeliveryEvent, store
 from include.warehouse import ensure_schema
 
 
-def planned_and_scheduled(hook, batch_number, batch_id, recipients):
-    key = f"bulk-email:c1:batch-{batch_number}"
-    row = ledger.planned_row("c1", batch_number, key, recipients, datetime(2026, 12, 1, tzinfo=UTC), "t")
+def planned_and_scheduled(hook, batch_number, batch_id, recipients, campaign_id="c1"):
+    key = f"bulk-email:{campaign_id}:batch-{batch_number}"
+    moment = datetime(2026, 12, 1, tzinfo=UTC)
+    row = ledger.planned_row(campaign_id, batch_number, key, recipients, moment, "t")
     hook.insert_rows(ledger.LEDGER_TABLE, [row], target_fields=list(ledger.FIELDS))
-    ledger.record_scheduled(hook, "c1", batch_number, batch_id)
+    ledger.record_scheduled(hook, campaign_id, batch_number, batch_id)
 
 
-def ev(event_id, type_, recipient, timestamp, batch_id="bat_1", bounce_type=None):
-    return DeliveryEvent(event_id, type_, batch_id, recipient, ("campaign:c1",), timestamp, None, bounce_type)
+def ev(event_id, type_, recipient, timestamp, batch_id="bat_1", bounce_type=None, campaign_id="c1"):
+    tags = (f"campaign:{campaign_id}",)
+    return DeliveryEvent(event_id, type_, batch_id, recipient, tags, timestamp, None, bounce_type)
 
 
 def deliveries(hook):
@@ -137,3 +139,31 @@ class TestReconcile:
 
         assert reconcile(warehouse, "c1") == {"delivered_batches": 1, "partly_delivered_batches": 0}
         assert deliveries(warehouse) == [(1, 1, 0, 0, 0, 0)]
+
+    def test_two_campaigns_events_that_share_event_ids_each_count_once(self, warehouse):
+        # The provider numbers events within a batch: before the key was (batch_id, event_id),
+        # the second campaign's events were dropped as duplicates, its complaint never suppressed.
+        ensure_schema(warehouse)
+        planned_and_scheduled(warehouse, 1, "bat_1", ["1", "2"], campaign_id="c1")
+        planned_and_scheduled(warehouse, 1, "bat_2", ["3", "4"], campaign_id="c2")
+        store(
+            warehouse,
+            [ev("e1", "delivered", "a@example.com", 10), ev("e2", "delivered", "b@example.com", 10)],
+        )
+        second = [
+            ev("e1", "complained", "x@example.com", 20, "bat_2", campaign_id="c2"),
+            ev("e2", "delivered", "y@example.com", 20, "bat_2", campaign_id="c2"),
+        ]
+        store(warehouse, second)
+        store(warehouse, second)  # redelivered
+
+        assert reconcile(warehouse, "c1") == {"delivered_batches": 1, "partly_delivered_batches": 0}
+        assert reconcile(warehouse, "c2") == {"delivered_batches": 1, "partly_delivered_batches": 0}
+
+        rows = warehouse.get_records(
+            "SELECT campaign_id, delivered, complained FROM email_batch_deliveries ORDER BY campaign_id"
+        )
+        assert [tuple(r) for r in rows] == [("c1", 2, 0), ("c2", 1, 1)]
+        assert suppressions.update_from_events(warehouse) == 1
+        suppressed = warehouse.get_records("SELECT email, campaign_id, event_id FROM email_suppressions")
+        assert [tuple(r) for r in suppressed] == [("x@example.com", "c2", "e1")]

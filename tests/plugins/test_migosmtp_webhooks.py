@@ -62,8 +62,10 @@ EVENT = {
 
 class TestReceiver:
     def test_signed_events_are_stored_once_however_often_they_come(self, client, warehouse):
-        assert post(client, [EVENT]).json() == {"received": 1}
-        assert post(client, [EVENT, {**EVENT, "event_id": "ev_2", "type": "bounced"}]).status_code == 200
+        assert post(client, [EVENT]).json() == {"stored": 1, "duplicates": 0, "quarantined": 0}
+        again = post(client, [EVENT, {**EVENT, "event_id": "ev_2", "type": "bounced"}])
+
+        assert again.json() == {"stored": 1, "duplicates": 1, "quarantined": 0}
 
         assert stored(warehouse) == [("ev_1", "delivered"), ("ev_2", "bounced")]
 
@@ -73,9 +75,9 @@ class TestReceiver:
             ({"secret": "forged"}, 401),
             ({"timestamp": str(int(time.time()) - 3600)}, 401),
             ({"body": b"{not json"}, 400),
-            ({"body": json.dumps({"events": [{"event_id": "x"}]}).encode()}, 400),
+            ({"body": json.dumps({"event": [EVENT]}).encode()}, 400),
         ],
-        ids=["forged signature", "stale timestamp", "malformed JSON", "incomplete event"],
+        ids=["forged signature", "stale timestamp", "malformed JSON", "not an events list"],
     )
     def test_bad_requests_are_refused_and_store_nothing(self, client, warehouse, kwargs, status):
         response = post(client, [EVENT], **kwargs)
@@ -108,7 +110,7 @@ class TestReceiver:
 
         response = post(client, events)
 
-        assert response.status_code == 200 and response.json() == {"received": 2}
+        assert response.status_code == 200 and response.json()["stored"] == 2
         assert stored(warehouse) == [("ev_1", "unsubscribed"), ("ev_o", "opened")]
 
     def test_the_first_post_to_a_fresh_warehouse_creates_the_tables_and_is_stored(
