@@ -20,6 +20,12 @@ if TYPE_CHECKING:
 
 ALERTS_CONN_ID = "campaign_alerts"
 GAVE_UP = "gave_up_on_server_errors"
+CHAT_TIMEOUT_SECONDS = 10
+
+
+class AlertNotDelivered(RuntimeError):
+    """The alert connection did not take the alert. Names the connection, never its URL: a chat
+    webhook's URL path is its token."""
 
 
 def halt_message(campaign_id: str, run_id: str, batch_number: int, error: BaseException) -> str:
@@ -97,11 +103,27 @@ class CampaignHaltNotifier(BaseNotifier):
             )
 
     def _post_to_chat(self, message: str) -> None:
+        import requests
         from airflow.providers.http.hooks.http import HttpHook
 
-        HttpHook(method="POST", http_conn_id=self.conn_id).run(
-            None, json={"text": message}, extra_options={"timeout": 10}
-        )
+        # The hook's session (auth, proxies, TLS, headers), but not HttpHook.run: it logs a failed
+        # request's error, whose text quotes the URL.
+        hook = HttpHook(method="POST", http_conn_id=self.conn_id)
+        failure = None
+        try:
+            response = hook.get_conn().post(
+                hook.url_from_endpoint(None), json={"text": message}, timeout=CHAT_TIMEOUT_SECONDS
+            )
+        except requests.RequestException as err:
+            failure = type(err).__name__  # its text (and so its traceback) holds the URL
+        else:
+            if not response.ok:
+                failure = f"HTTP {response.status_code}"
+        if failure:  # raised outside the except block, so the URL's error is not its context either
+            raise AlertNotDelivered(
+                f"the alert above was not delivered to connection {self.conn_id!r} ({failure}); "
+                "check the connection's webhook URL"
+            )
 
     def _send_email(self, message: str, extra: dict[str, Any]) -> None:
         from airflow.providers.smtp.hooks.smtp import SmtpHook

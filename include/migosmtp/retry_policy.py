@@ -6,8 +6,10 @@
 | 402 quota_exceeded            | fail now: no retry can help until the plan changes         |
 | 401 invalid_api_key           | fail now: do not retry with bad auth (or plain http)       |
 | 5xx, timeout (the request's   | retry after 10 s, 30 s, 2 min; then fail (and alert once   |
-| deadline), dropped answer,    | per run); every retry asks by idempotency key first        |
-| broken body, 2xx without id   |                                                            |
+| deadline, or the try's        | per run); every retry asks by idempotency key first        |
+| execution_timeout), dropped   |                                                            |
+| answer, broken body, 2xx      |                                                            |
+| without id                    |                                                            |
 | 409, other 4xx, malformed,    | fail now, with the API's message (or the client's)         |
 | a body that is not JSON, an   |                                                            |
 | unusable ``timeout`` extra    |                                                            |
@@ -28,6 +30,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from airflow.sdk import RetryDecision, RetryPolicy
+from airflow.sdk.exceptions import AirflowTaskTimeout
 
 if TYPE_CHECKING:
     from airflow.sdk.definitions.context import Context
@@ -99,7 +102,9 @@ class MigoSmtpRetryPolicy(RetryPolicy):
             # The client caps what the provider asks; this bound also holds for any other source.
             wait = min(max(float(exception.retry_after), 0.0), MAX_DELAY_SECONDS)
             return RetryDecision.retry(timedelta(seconds=wait), reason=str(exception))
-        if isinstance(exception, (ServerError, OutcomeUnknown)):
+        # A try past send_batch's execution_timeout was most likely stuck where the request's
+        # deadline cannot reach (a DNS look-up): an unknown outcome like any other timeout.
+        if isinstance(exception, (ServerError, OutcomeUnknown, AirflowTaskTimeout)):
             delays = _server_error_delays()
             failures = _count_transient_failure(context, try_number)
             if failures > len(delays):

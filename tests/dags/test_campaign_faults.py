@@ -6,13 +6,15 @@ shortened to 0.2 s by conftest; a 429's Retry-After is honoured as sent.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from datetime import timedelta
 
 import pytest
 
 from demo.audience import create_recipients_table
 from include.campaign.ledger import rows as ledger_rows
-from tests.conftest import DAY, point_migosmtp_at
+from tests.conftest import DAY, load_campaign_dag, point_migosmtp_at
 
 SMALL = {"max_batch_size": 10, "hourly_cap": 1000, "daily_cap": 1000, "start_at": f"{DAY}T09:00:00Z"}
 
@@ -219,3 +221,53 @@ class TestNoAnswer:
         assert [r["method"] for r in sends_and_lookups] == ["POST", "GET", "POST"]
         assert_each_recipient_scheduled_once(sandbox, 10)
         assert_ledger_matches_sandbox(warehouse, sandbox)
+
+
+class TestSlowProvider:
+    def test_a_batch_try_is_bounded_by_an_execution_timeout(self, airflow_db):
+        send_batch = load_campaign_dag().get_task("send_batch")
+
+        # 3 requests at the 120 s ceiling, 120 s holding the pool slot, a minute for the warehouse.
+        assert send_batch.execution_timeout == timedelta(minutes=9)
+
+    def test_a_trickled_answer_ends_at_the_deadline_and_the_retry_finds_the_batch(
+        self, run_campaign, warehouse, sandbox, monkeypatch
+    ):
+        create_recipients_table(warehouse, "recipients", 10)
+        point_migosmtp_at(monkeypatch, sandbox, timeout=1)
+        # 30 s to send the answer, a few bytes every quarter second: no read timeout ever trips.
+        sandbox.set_faults([{"action": "trickle", "seconds": 30, "times": 1}])
+
+        started = time.monotonic()
+        run = run_campaign(**SMALL)
+        elapsed = time.monotonic() - started
+
+        assert run.state == "success"
+        assert run.task("send_batch", 0).try_number == 2  # the first try ended at its 1 s deadline
+        assert elapsed < 30
+        assert len(posts(sandbox)) == 1  # the retry asked by key and found it: not sent again
+        [row] = ledger(warehouse)
+        assert row["attempts"] == 1
+        assert_each_recipient_scheduled_once(sandbox, 10)
+        assert_ledger_matches_sandbox(warehouse, sandbox)
+
+
+class TestSecrets:
+    def test_a_key_echoed_in_a_2xx_without_batch_id_is_not_in_the_ledger_or_the_logs(
+        self, run_campaign, warehouse, sandbox, monkeypatch, caplog, capfd
+    ):
+        create_recipients_table(warehouse, "recipients", 10)
+        key = "sk-echoed-0123456789"
+        sandbox.update_settings(api_key=key)
+        point_migosmtp_at(monkeypatch, sandbox, password=key)
+        sandbox.set_faults([{"action": "malformed", "body": f"accepted for {key}", "times": 100}])
+
+        run = run_campaign(**SMALL)
+
+        assert run.state == "failed"  # every try answered 202 without a batch_id: given up after 4
+        [row] = ledger(warehouse)
+        assert "without a batch_id (body starts 'accepted for [redacted]')" in row["last_error"]
+        out, err = capfd.readouterr()
+        assert "without a batch_id" in caplog.text + out + err  # the logs were captured
+        for text in (row["last_error"], caplog.text, out, err):
+            assert key[:8] not in text

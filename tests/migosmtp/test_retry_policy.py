@@ -11,9 +11,12 @@ from typing import Any
 
 import pytest
 from airflow.sdk import RetryAction, RetryDecision, RetryPolicy
+from airflow.sdk.exceptions import AirflowTaskTimeout
 
 from include.migosmtp.client import (
     InvalidApiKey,
+    InvalidPayload,
+    InvalidTimeout,
     MalformedResponse,
     OutcomeUnknown,
     QuotaExceeded,
@@ -130,8 +133,10 @@ class TestFailsAtOnce:
             ),
             RequestRejected("MigoSMTP refused the request (409 idempotency_conflict): x", 409),
             MalformedResponse("MigoSMTP answered 202 without a batch_id in JSON", 202),
+            InvalidPayload("batch 'batch:c1:3' cannot be sent as JSON: ...", code="invalid_payload"),
+            InvalidTimeout("connection 'migosmtp_default' has timeout 0", code="invalid_timeout"),
         ],
-        ids=["402", "401", "no-password", "400", "409", "malformed"],
+        ids=["402", "401", "no-password", "400", "409", "malformed", "not-json", "bad-timeout"],
     )
     def test_fail_with_the_error_text(
         self, policy: MigoSmtpRetryPolicy, context: dict[str, Any], store: DictStore, error: Exception
@@ -169,6 +174,18 @@ class TestServerSideFailures:
             (RetryAction.FAIL, None),
         ]
         assert "ReadTimeout" in decisions[0].reason
+
+    def test_a_try_past_its_execution_timeout_is_a_timeout_too(
+        self, policy: MigoSmtpRetryPolicy, context: dict[str, Any], default_delays: None
+    ) -> None:
+        errors = [AirflowTaskTimeout(), server_error(503), AirflowTaskTimeout(), timeout()]
+        decisions = [policy.evaluate(e, n, MAX_TRIES, context) for n, e in enumerate(errors, start=1)]
+        assert [(d.action, d.retry_delay) for d in decisions] == [
+            (RetryAction.RETRY, timedelta(seconds=10)),
+            (RetryAction.RETRY, timedelta(seconds=30)),
+            (RetryAction.RETRY, timedelta(seconds=120)),
+            (RetryAction.FAIL, None),
+        ]
 
     def test_interleaved_429s_do_not_change_the_count(
         self, policy: MigoSmtpRetryPolicy, context: dict[str, Any], store: DictStore, default_delays: None

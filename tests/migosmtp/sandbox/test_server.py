@@ -445,6 +445,25 @@ def test_malformed_fault_answers_202_with_broken_json(
     assert len(sandbox.record()["batches"]) == stored
 
 
+def test_trickle_fault_sends_the_whole_answer_slowly_and_stores_the_batch(sandbox: SandboxProcess) -> None:
+    sandbox.set_faults([{"action": "trickle", "seconds": 1.5}])
+    started = time.monotonic()
+    # A 0.5 s read timeout never trips: a few bytes arrive every quarter second, status line first.
+    response = send(sandbox, key="trickled", timeout=0.5)
+    assert time.monotonic() - started >= 1.4
+    assert response.status_code == 202 and response.json()["batch_id"]
+    assert len(sandbox.record()["batches"]) == 1
+    assert [(r["status_code"], r["fault"]) for r in sandbox.requests()] == [(202, "trickle")]
+
+
+def test_malformed_fault_answers_its_body(sandbox: SandboxProcess) -> None:
+    sandbox.set_faults([{"action": "malformed", "endpoint": "quota", "body": "echo test-key"}])
+    response = get(sandbox, "/v1/account/quota")
+    assert (response.status_code, response.text) == (202, "echo test-key")
+    with pytest.raises(SandboxError, match="body must be a string"):
+        sandbox.set_faults([{"action": "malformed", "body": 5}])
+
+
 def test_request_log_excludes_admin_calls(sandbox: SandboxProcess) -> None:
     send(sandbox, key="logged")
     get(sandbox, "/v1/account/quota")
