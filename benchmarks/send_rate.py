@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from demo.audience import create_recipients_table  # noqa: E402
 from include.campaign.dag_factory import API_POOL  # noqa: E402
-from include.migosmtp.sandbox import SandboxProcess  # noqa: E402
+from sandbox import SandboxProcess  # noqa: E402
 from tests.deployment.airflow_stack import (  # noqa: E402
     DAG_ID,
     AirflowStack,

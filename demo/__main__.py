@@ -83,7 +83,7 @@ def main() -> int:
     from demo.receiver import webhook_receiver
     from include.campaign import ledger
     from include.campaign.settings import derive_campaign_id
-    from include.migosmtp.sandbox import SandboxProcess
+    from sandbox import SandboxProcess
     from include.warehouse import fetch_dicts, get_warehouse_hook
 
     warehouse_path = DEMO_DIR / "warehouse.db"

@@ -79,7 +79,7 @@ def airflow_db() -> Path:
 
 @pytest.fixture(scope="session")
 def sandbox(tmp_path_factory):
-    from include.migosmtp.sandbox import SandboxProcess
+    from sandbox import SandboxProcess
 
     with SandboxProcess(tmp_path_factory.mktemp("sandbox") / "sandbox.db", api_key=API_KEY) as process:
         os.environ["AIRFLOW_CONN_MIGOSMTP_DEFAULT"] = json.dumps(process.airflow_connection())

@@ -16,7 +16,6 @@ retried for a day and then dropped with every valid event in it.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
@@ -25,6 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from include.migosmtp.contract import sign
 from include.warehouse import EVENTS_QUARANTINE_TABLE, EVENTS_TABLE, transaction, utc_now_text
 
 if TYPE_CHECKING:
@@ -34,8 +34,6 @@ if TYPE_CHECKING:
 
 # The types this version acts on. Others are stored and acknowledged all the same: refusing a post
 # for one new type would have the provider retry it for a day and then drop it, valid events and all.
-EVENT_TYPES = ("delivered", "bounced", "deferred", "complained", "unsubscribed")
-BOUNCE_TYPES = ("hard", "soft")
 REPLAY_WINDOW_SECONDS = 300
 MAX_BODY_BYTES = 1_000_000
 MAX_EVENTS_PER_POST = 1000
@@ -106,12 +104,6 @@ class ParsedPost:
 
 class InvalidEvent(ValueError):
     """One event of a post that cannot be stored; the rest of the post can."""
-
-
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """The signature header value for a body, as the provider computes it."""
-    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return f"v1={digest}"
 
 
 def verify(secret: str, timestamp: str | None, signature: str | None, body: bytes, now: float) -> None:

@@ -97,8 +97,20 @@ def _head(*names: str) -> Markup:
 
 def campaign_list(rows: list[dict[str, Any]]) -> str:
     head = _head(
-        "Campaign", "DAG", "Planned by run", "Created", "Status", "#Recipients", "Batches by status",
-        "#Delivered", "#Bounced", "#Deferred", "#Complained", "First send_at", "Last send_at", "Halted",
+        "Campaign",
+        "DAG",
+        "Planned by run",
+        "Created",
+        "Status",
+        "#Recipients",
+        "Batches by status",
+        "#Delivered",
+        "#Bounced",
+        "#Deferred",
+        "#Complained",
+        "First send_at",
+        "Last send_at",
+        "Halted",
     )
     body = [
         _row(
@@ -168,8 +180,17 @@ def campaign_page(c: dict[str, Any]) -> str:
     ledger_table = el(
         "table",
         _head(
-            "Batch", "Status", "send_at", "#Recipients", "#Attempts", "batch_id", "#Delivered", "#Bounced",
-            "#Deferred", "#Complained", "Last error",
+            "Batch",
+            "Status",
+            "send_at",
+            "#Recipients",
+            "#Attempts",
+            "batch_id",
+            "#Delivered",
+            "#Bounced",
+            "#Deferred",
+            "#Complained",
+            "Last error",
         ),
         *(
             _row(

@@ -21,7 +21,7 @@ import pytest
 
 from demo.audience import create_recipients_table
 from include.campaign.ledger import rows as ledger_rows
-from include.migosmtp.sandbox import SandboxProcess
+from sandbox import SandboxProcess
 from include.warehouse import utc_text
 from tests.conftest import REPO_ROOT
 from tests.deployment.airflow_stack import API_USER, DAG_ID, AirflowStack

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from demo.audience import create_recipients_table
-from include.migosmtp.sandbox import SandboxProcess
+from sandbox import SandboxProcess
 from include.views.pages import SECURITY_HEADERS
 from include.warehouse import utc_text
 from tests.deployment.airflow_stack import DAG_ID, AirflowStack

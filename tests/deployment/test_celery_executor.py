@@ -10,7 +10,7 @@ import pytest
 from demo.audience import create_recipients_table
 from include.campaign.ledger import rows as ledger_rows
 from include.migosmtp.client import SEND_ENDPOINT as SEND_PATH
-from include.migosmtp.sandbox import SandboxProcess
+from sandbox import SandboxProcess
 from tests.deployment.airflow_stack import DAG_ID, AirflowStack
 from tests.deployment.campaign_checks import (
     API_KEY,
@@ -47,7 +47,7 @@ def window_starts(sends: list[dict], first_window_start: datetime) -> list[datet
     """The start of the sandbox's rate window each send fell in.
 
     The sandbox counts fixed 60 s windows: the first from its reset, each later one from the
-    first send after the previous window ended (include/migosmtp/sandbox/server.py RateLimiter).
+    first send after the previous window ended (sandbox/server.py RateLimiter).
     """
     window_start, starts = first_window_start, []
     for r in sends:

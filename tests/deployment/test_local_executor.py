@@ -10,7 +10,7 @@ import pytest
 
 from demo.audience import create_recipients_table
 from include.campaign.ledger import rows as ledger_rows
-from include.migosmtp.sandbox import SandboxProcess
+from sandbox import SandboxProcess
 from tests.conftest import ChatWebhook
 from tests.deployment.airflow_stack import DAG_ID, AirflowStack
 from tests.deployment.campaign_checks import (

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import requests
 
-from include.migosmtp.sandbox import SandboxError, SandboxProcess
+from sandbox import SandboxError, SandboxProcess
 
 API_KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

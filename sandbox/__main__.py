@@ -9,13 +9,13 @@ import sys
 import threading
 from dataclasses import fields
 
-from include.migosmtp.sandbox.server import SandboxServer, Settings
+from sandbox.server import SandboxServer, Settings
 
 SECRET_ENV = "MIGOSMTP_SANDBOX_WEBHOOK_SECRET"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m include.migosmtp.sandbox", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8025, help="0 picks a free port")
     parser.add_argument("--db", required=True, help="SQLite file holding the durable record")

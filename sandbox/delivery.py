@@ -39,7 +39,6 @@ The webhook secret is never logged.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import random
 import secrets
@@ -52,13 +51,11 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
 
+from include.migosmtp.contract import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+
 TICK_SECONDS = 0.2
 WEBHOOK_TIMEOUT_SECONDS = 10.0
 MAX_CHUNKS_PER_TICK = 50
-TIMESTAMP_HEADER = "X-MigoSMTP-Timestamp"
-SIGNATURE_HEADER = "X-MigoSMTP-Signature"
-EVENT_TYPES = ("delivered", "bounced", "deferred", "complained", "unsubscribed")
-BOUNCE_TYPES = ("hard", "soft")
 # The ``skipped`` column: 0 to be POSTed; GIVEN_UP past the retry horizon; NOT_POSTED when
 # emitted with no webhook_url (the batch need not wait for those to be accepted).
 GIVEN_UP = 1
@@ -140,17 +137,6 @@ def chunk_limit(size: int, failures: int) -> int:
 def retry_delay(failures: int, base: float, ceiling: float) -> float:
     """Seconds before a chunk refused ``failures`` times (at least once) is posted again."""
     return min(base * 2.0 ** min(failures - 1, 60), ceiling)
-
-
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """``v1=<hex HMAC-SHA256 of "<timestamp>.<raw body>">`` keyed with the webhook secret."""
-    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
-    return f"v1={mac.hexdigest()}"
-
-
-def verify(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
-    """What a receiver does: recompute the signature and compare in constant time."""
-    return hmac.compare_digest(sign(secret, timestamp, body).encode(), signature.encode())
 
 
 def send_at_string(unix_seconds: float) -> str:

@@ -87,7 +87,7 @@ class SandboxProcess:
         cmd = [
             sys.executable,
             "-m",
-            "include.migosmtp.sandbox",
+            "sandbox",
             "--host",
             "127.0.0.1",
             "--port",

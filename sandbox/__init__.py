@@ -1,6 +1,6 @@
 """MigoSMTP sandbox: a local HTTP server that implements the provider API contract.
 
-Run it with ``python -m include.migosmtp.sandbox --db PATH --api-key KEY``, or
+Run it with ``python -m sandbox --db PATH --api-key KEY``, or
 from tests through :class:`SandboxProcess`. Besides the ``/v1`` API it offers
 admin endpoints under ``/_sandbox/`` (health, reset, faults, settings, record,
 requests) for tests to inject faults and inspect what was stored.
@@ -14,7 +14,7 @@ in the middle of it) and ``trickle`` (handle, then send the whole answer, status
 first, a few bytes every quarter second over ``seconds``).
 """
 
-from include.migosmtp.sandbox.harness import SandboxError, SandboxProcess
-from include.migosmtp.sandbox.server import SandboxServer, Settings
+from sandbox.harness import SandboxError, SandboxProcess
+from sandbox.server import SandboxServer, Settings
 
 __all__ = ["SandboxError", "SandboxProcess", "SandboxServer", "Settings"]

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import requests
 
-from include.migosmtp.sandbox import SandboxError, SandboxProcess
-from include.migosmtp.sandbox.delivery import Step, outcome
+from sandbox import SandboxError, SandboxProcess
+from sandbox.delivery import Step, outcome
 
 API_KEY = "hook-test-key"
 SECRET = "whsec_test_5f2a"

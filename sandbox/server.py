@@ -1,6 +1,6 @@
 """MigoSMTP sandbox: a stdlib HTTP server implementing the provider API contract.
 
-Implements `/work/shared/reference/migosmtp-api.md`: bulk send with
+Implements the API contract (`../shared/reference/migosmtp-api.md`, beside the repository): bulk send with
 validation, idempotency keys, monthly quota, per-minute rate limit, batch
 lookups and signed webhooks (see `delivery.py`), with a durable SQLite record. Admin endpoints under
 `/_sandbox/` (no auth) reset state, change settings and queue faults
@@ -37,7 +37,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from include.migosmtp.sandbox.delivery import NOT_POSTED, OUTCOME_RATES, DeliveryWorker, send_at_string
+from include.migosmtp.contract import EVENT_TYPES
+from sandbox.delivery import NOT_POSTED, OUTCOME_RATES, DeliveryWorker, send_at_string
 
 SEND_PATH = "/v1/email/send/bulk"
 BATCHES_PATH = "/v1/email/batches"
@@ -50,7 +51,6 @@ TRICKLE_TICK_SECONDS = 0.25
 SEND_AT_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+")
 SEND_FIELDS = {"from", "subject", "html", "text", "recipients", "send_at", "tags"}
-COUNT_KEYS = ("delivered", "bounced", "deferred", "complained", "unsubscribed")
 DEFAULT_ERRORS = {
     400: "invalid_request",
     401: "invalid_api_key",
@@ -348,7 +348,7 @@ class Store:
             counted = self._conn.execute(self.COUNTS_SQL.format(where=where), params).fetchall()
         counts: dict[str, dict[str, int]] = {}
         for r in counted:
-            if r["kind"] in COUNT_KEYS:
+            if r["kind"] in EVENT_TYPES:
                 counts.setdefault(r["batch_id"], {})[r["kind"]] = r["n"]
         return rows, counts
 
@@ -362,7 +362,7 @@ class Store:
             "recipient_count": row["recipient_count"],
             "tags": json.loads(row["tags_json"]),
             "idempotency_key": row["idempotency_key"],
-            "counts": {t: counted.get(t, 0) for t in COUNT_KEYS},
+            "counts": {t: counted.get(t, 0) for t in EVENT_TYPES},
         }
 
     def record(self) -> dict[str, Any]:

@@ -1,0 +1,26 @@
+"""Facts of the MigoSMTP API contract that both sides of it use: the webhook event types, the
+signature headers and how a body is signed.
+
+Stdlib only, so the sandbox (the provider's side, a development tool) and the receiver (ours)
+share one definition without the sandbox importing Airflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+# Every type the contract defines, in the order counts are shown; a soft bounce is a "bounced"
+# event with bounce_type "soft".
+EVENT_TYPES = ("delivered", "bounced", "deferred", "complained", "unsubscribed")
+# The types after which a recipient's state no longer changes.
+FINAL_TYPES = ("delivered", "bounced", "complained", "unsubscribed")
+BOUNCE_TYPES = ("hard", "soft")
+TIMESTAMP_HEADER = "X-MigoSMTP-Timestamp"
+SIGNATURE_HEADER = "X-MigoSMTP-Signature"
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """The signature header's value: ``v1=<hex HMAC-SHA256 of "<timestamp>.<raw body>">``."""
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"v1={digest}"
