@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from include.campaign.audience import _EMAIL
-from include.campaign.planner import PlanCaps, plan_batches
+from include.campaign.planner import BatchPacker, PlanCaps
 from include.warehouse import quote_table, utc_text
 
 
@@ -44,7 +44,10 @@ def plan_naive(engine, table: str, caps: PlanCaps, start_at: datetime) -> dict[s
     accepted["recipient_id"], accepted["email"] = rid[reason.isna()], email[reason.isna()]
     extra = [c for c in frame.columns if c not in ("recipient_id", "email", "variables", "source_row")]
     accepted["variables"] = accepted.apply(_variables, axis=1, extra=extra)
-    batches = plan_batches(len(accepted), caps, start_at)
+    packer = BatchPacker(caps, start_at)
+    packer.take(len(accepted))
+    packer.finish()
+    batches = packer.batches
     accepted["batch_number"] = np.repeat(
         [b.batch_number for b in batches], [b.recipient_count for b in batches]
     )

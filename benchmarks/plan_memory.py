@@ -90,7 +90,7 @@ def _child(role: str, size: int, max_batch_size: int) -> dict:
         return {}
     params = {**PARAMS, "max_batch_size": max_batch_size}
     if role == "plan":
-        from include.campaign.tasks import plan_campaign
+        from include.campaign.plan import plan_campaign
         from include.warehouse import REJECTED_TABLE, STAGING_TABLE, fetch_dicts
 
         started = time.perf_counter()

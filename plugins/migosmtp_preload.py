@@ -15,7 +15,7 @@ The plugin adds nothing to Airflow; importing it is the whole point.
 from __future__ import annotations
 
 # What send_batch imports when it runs (the HTTP hook, the client, both warehouse hooks
-# the package supports), and the task code itself.
+# the package supports), and the task code itself (plan, send, close and the provider gateway).
 import airflow.providers.common.sql.hooks.sql  # noqa: F401
 import airflow.providers.http.hooks.http  # noqa: F401
 import airflow.providers.postgres.hooks.postgres  # noqa: F401
@@ -27,7 +27,9 @@ import airflow.sdk.execution_time.cache  # noqa: F401
 import airflow.sdk.lineage  # noqa: F401
 from airflow.plugins_manager import AirflowPlugin
 
-import include.campaign.tasks  # noqa: F401
+import include.campaign.close  # noqa: F401
+import include.campaign.plan  # noqa: F401
+import include.campaign.send  # noqa: F401
 import include.migosmtp.client  # noqa: F401
 import include.migosmtp.retry_policy  # noqa: F401
 

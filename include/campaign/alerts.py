@@ -48,17 +48,25 @@ def gave_up_message(campaign_id: str, run_id: str, batch_number: int, error: Bas
 
 def _first_alert_of_run(kind: str, campaign_id: str, run_id: str, batch_number: int) -> bool:
     """True for the first batch of the run to claim this alert (the table's key decides)."""
-    from include.warehouse import ALERTS_TABLE, get_warehouse_hook, utc_now_text
+    from include.warehouse import ALERTS_TABLE, get_warehouse_hook, insert_once, utc_now_text
 
-    hook = get_warehouse_hook()
-    p = hook.placeholder
-    inserted = hook.run(
-        f"INSERT INTO {ALERTS_TABLE} (campaign_id, run_id, kind, batch_number, sent_at) "
-        f"VALUES ({p}, {p}, {p}, {p}, {p}) ON CONFLICT (campaign_id, run_id, kind) DO NOTHING",
-        parameters=(campaign_id, run_id, kind, batch_number, utc_now_text()),
-        handler=lambda cur: cur.rowcount,
-    )
-    return inserted == 1
+    row = {
+        "campaign_id": campaign_id,
+        "run_id": run_id,
+        "kind": kind,
+        "batch_number": batch_number,
+        "sent_at": utc_now_text(),
+    }
+    return insert_once(get_warehouse_hook(), ALERTS_TABLE, row, key=("campaign_id", "run_id", "kind"))
+
+
+def _batch_of(context: Context) -> tuple[str, str, int]:
+    """The failed batch's campaign, run and number, as the task itself derived them."""
+    from include.campaign.settings import for_task
+
+    dag_run = context["dag_run"]
+    settings = for_task(context["params"], dag_run.dag_id, dag_run.logical_date)
+    return settings.campaign_id, dag_run.run_id, int(context["task"].op_kwargs["batch"]["batch_number"])
 
 
 class CampaignHaltNotifier(BaseNotifier):
@@ -72,22 +80,26 @@ class CampaignHaltNotifier(BaseNotifier):
         self.conn_id = conn_id
 
     def notify(self, context: Context) -> None:
-        from include.migosmtp.client import OutcomeUnknown, ServerError
+        from include.campaign import halts, provider
+        from include.warehouse import get_warehouse_hook
 
         error = context.get("exception")
-        # Set by the batch that raised the halt, so concurrent 402s still make one alert.
-        halted = getattr(error, "halted_campaign", None)
-        failed = getattr(error, "campaign_batch", None)
-        if halted is not None:
-            message = halt_message(*halted, error)
-        elif isinstance(error, (ServerError, OutcomeUnknown)) and failed is not None:
-            # The task only fails on these once the retry policy has given up on them.
-            if not _first_alert_of_run(GAVE_UP, *failed):
-                self.log.error("Batch %d gave up on server errors; the run was already alerted", failed[2])
-                return
-            message = gave_up_message(*failed, error)
-        else:
+        halting, gave_up = provider.halts_run(error), provider.alerts_once_when_given_up(error)
+        if not (halting or gave_up):
             return
+        campaign_id, run_id, number = _batch_of(context)
+        if halting:
+            # The halt's row names the batch that raised it, so concurrent 402s make one alert.
+            stop = halts.current(get_warehouse_hook(), campaign_id, run_id)
+            if stop is None or stop["batch_number"] != number:
+                return
+            message = halt_message(campaign_id, run_id, number, error)
+        else:
+            # The task only fails on these once the retry policy has given up on them.
+            if not _first_alert_of_run(GAVE_UP, campaign_id, run_id, number):
+                self.log.error("Batch %d gave up on server errors; the run was already alerted", number)
+                return
+            message = gave_up_message(campaign_id, run_id, number, error)
         self.log.error("%s", message)
         try:
             connection = BaseHook.get_connection(self.conn_id)

@@ -45,6 +45,7 @@ _LOCAL = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 EMAIL_PATTERN = rf"{_LOCAL}@{_LABEL}(\.{_LABEL})+"  # also the From address's (campaign/settings.py)
 _EMAIL = re.compile(EMAIL_PATTERN)
+MAX_EMAIL_LENGTH = 254  # RFC 5321's path limit less the angle brackets
 
 
 @dataclass(frozen=True)
@@ -60,12 +61,6 @@ class Rejection:
     recipient_id: str | None
     email: str | None
     reason: str
-
-
-@dataclass
-class ScreenedChunk:
-    accepted: list[Recipient] = field(default_factory=list)
-    rejected: list[Rejection] = field(default_factory=list)
 
 
 @dataclass
@@ -165,7 +160,7 @@ def normalize_email(value: Any) -> str | None:
 
 
 def is_valid_email(email: str) -> bool:
-    return len(email) <= 254 and _EMAIL.fullmatch(email) is not None
+    return len(email) <= MAX_EMAIL_LENGTH and _EMAIL.fullmatch(email) is not None
 
 
 def _variable(value: Any) -> Any:
@@ -286,7 +281,7 @@ def screen_rows(
             reason = "missing_recipient_id"
         elif email is None:
             reason = "missing_email"
-        elif len(email) > 254 or _EMAIL.fullmatch(email) is None:
+        elif not is_valid_email(email):
             reason = "invalid_email"
         else:
             reason = None
@@ -341,29 +336,3 @@ def _cause(err: Exception) -> str:
     if isinstance(err, ValueError) and "not JSON compliant" in str(err):
         return "variables holds a number out of range (NaN or infinite)"
     return f"variables cannot be encoded as JSON ({type(err).__name__})"
-
-
-def screen_chunk(
-    rows: list[dict[str, Any]],
-    first_source_row: int,
-    known_emails: set[str],
-    known_ids: set[str],
-) -> ScreenedChunk:
-    """``screen_rows`` for rows as dicts (a DataFrame's records), with the staged keys given.
-
-    ``known_emails``/``known_ids`` are those already staged by earlier chunks; they are
-    not changed.
-    """
-    # Extra columns are the first row's, as in a table; a variables value is read from every row.
-    columns = list(rows[0]) if rows else list(REQUIRED_COLUMNS)
-    if VARIABLES_COLUMN not in columns:
-        columns.append(VARIABLES_COLUMN)
-
-    def staged(emails: set[str], ids: set[str]) -> tuple[set[str], set[str]]:
-        return emails & known_emails, ids & known_ids
-
-    screened = screen_rows(columns, [[r.get(c) for c in columns] for r in rows], first_source_row, staged)
-    return ScreenedChunk(
-        [Recipient(i, e, json.loads(v)) for i, e, v, _ in screened.accepted],
-        screened.rejected,
-    )

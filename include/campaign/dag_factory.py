@@ -78,7 +78,7 @@ def campaign_dag(
 
         @task(pool=PLANNING_POOL)
         def plan() -> list[dict]:
-            from include.campaign.tasks import plan_campaign
+            from include.campaign.plan import plan_campaign
 
             context = get_current_context()
             return plan_campaign(context["params"], **_run(context))
@@ -97,7 +97,7 @@ def campaign_dag(
             map_index_template="{{ task.op_kwargs['batch'] | batch_label }}",
         )
         def send_batch(batch: dict) -> None:
-            from include.campaign.tasks import send_batch
+            from include.campaign.send import send_batch
 
             context = get_current_context()
             # The outcome goes to the ledger and the log; no XCom, which would cost every batch
@@ -106,7 +106,7 @@ def campaign_dag(
 
         @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[LEDGER_ASSET])
         def close_ledger(planned: list[dict] | None) -> dict:
-            from include.campaign.tasks import close_ledger
+            from include.campaign.close import close_ledger
 
             context = get_current_context()
             return close_ledger(context["params"], planned, **_run(context))

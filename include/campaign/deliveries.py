@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from include.campaign import definition, ledger, suppressions
+from include.campaign import definition, ledger, provider, suppressions
+from include.campaign.provider import EVENT_TYPES, FINAL_TYPES
 from include.warehouse import DELIVERIES_TABLE, EVENTS_TABLE, LEDGER_TABLE, fetch_dicts, utc_now_text
 
 if TYPE_CHECKING:
@@ -21,10 +22,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Counted per recipient from its latest event. A soft bounce is temporary: it counts as deferred.
-OUTCOMES = ("delivered", "bounced", "deferred", "complained", "unsubscribed")
-FINAL_TYPES = ("delivered", "bounced", "complained", "unsubscribed")
 SOURCES = ("webhooks", "polling")  # "deferred" may still turn into any of these
-_KNOWN_TYPES = ", ".join(f"'{t}'" for t in ("delivered", "bounced", "deferred", "complained", "unsubscribed"))
+_KNOWN_TYPES = ", ".join(f"'{t}'" for t in EVENT_TYPES)
 
 # The latest event per recipient wins; at the same second, the more final outcome. Events are
 # found through the ledger's batch ids, so those that came before their batch was recorded
@@ -61,11 +60,9 @@ def _counts_from_events(hook: DbApiHook, campaign_id: str) -> dict[str, dict[str
 
 def _counts_from_polling(hook: DbApiHook, campaign_id: str) -> dict[str, dict[str, int]]:
     """The provider's own per-batch counts, for when its webhooks cannot reach the API server."""
-    from include.migosmtp.client import MigoSmtpClient
-
-    client = MigoSmtpClient()
+    gateway = provider.Provider()
     return {
-        r["batch_id"]: {t: int(n) for t, n in client.get_batch(r["batch_id"])["counts"].items()}
+        r["batch_id"]: gateway.batch_counts(r["batch_id"])
         for r in ledger.rows(hook, campaign_id)
         if r["status"] == ledger.SCHEDULED
     }
@@ -93,7 +90,7 @@ def reconcile(hook: DbApiHook, campaign_id: str, source: str = "webhooks") -> di
                 campaign_id,
                 entry["batch_number"],
                 entry["batch_id"],
-                *(per_type.get(t, 0) for t in OUTCOMES),
+                *(per_type.get(t, 0) for t in EVENT_TYPES),
                 now,
             )
         )
@@ -110,11 +107,7 @@ def reconcile(hook: DbApiHook, campaign_id: str, source: str = "webhooks") -> di
             "campaign_id",
             "batch_number",
             "batch_id",
-            "delivered",
-            "bounced",
-            "deferred",
-            "complained",
-            "unsubscribed",
+            *EVENT_TYPES,
             "updated_at",
         ],
         replace=True,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from include.warehouse import HALTS_TABLE, fetch_dicts, utc_now_text
+from include.warehouse import HALTS_TABLE, fetch_dicts, insert_once, utc_now_text
 
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
@@ -19,16 +19,14 @@ if TYPE_CHECKING:
 
 def halt(hook: DbApiHook, campaign_id: str, run_id: str, batch_number: int, reason: str) -> bool:
     """Halt the run. True for the batch whose error raised the halt, False if another batch did first."""
-    p = hook.placeholder
-    # ON CONFLICT DO NOTHING (SQLite and PostgreSQL): the key decides, without an error that
-    # would abort a connection the task shares.
-    inserted = hook.run(
-        f"INSERT INTO {HALTS_TABLE} (campaign_id, run_id, batch_number, reason, halted_at) "
-        f"VALUES ({p}, {p}, {p}, {p}, {p}) ON CONFLICT (campaign_id, run_id) DO NOTHING",
-        parameters=(campaign_id, run_id, batch_number, reason[:2000], utc_now_text()),
-        handler=lambda cur: cur.rowcount,
-    )
-    return inserted == 1
+    row = {
+        "campaign_id": campaign_id,
+        "run_id": run_id,
+        "batch_number": batch_number,
+        "reason": reason[:2000],
+        "halted_at": utc_now_text(),
+    }
+    return insert_once(hook, HALTS_TABLE, row, key=("campaign_id", "run_id"))
 
 
 def current(hook: DbApiHook, campaign_id: str, run_id: str) -> dict | None:

@@ -18,7 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset
 
-from include.warehouse import CAMPAIGNS_TABLE, LEDGER_TABLE, fetch_dicts, in_values, utc_now_text, utc_text
+from include.warehouse import (
+    CAMPAIGNS_TABLE,
+    LEDGER_TABLE,
+    bulk_insert,
+    fetch_dicts,
+    in_values,
+    parse_utc,
+    utc_now_text,
+    utc_text,
+)
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -83,6 +92,50 @@ def planned_row(
         now,
         now,
     )
+
+
+# -- writes inside another module's transaction (a plan's chunk, a plan cleared, a batch shrunk) ---
+
+
+def insert_planned(conn: Any, placeholder: str, planned: Sequence[Sequence[Any]]) -> None:
+    """Append ``planned_row`` rows on ``conn``, in its open transaction (COPY on PostgreSQL)."""
+    bulk_insert(conn, placeholder, LEDGER_TABLE, FIELDS, planned)
+
+
+def delete_campaign(cur: Any, placeholder: str, campaign_id: str) -> None:
+    """Remove the campaign's rows, in the cursor's transaction: only for a plan that sent nothing."""
+    cur.execute(f"DELETE FROM {LEDGER_TABLE} WHERE campaign_id = {placeholder}", (campaign_id,))
+
+
+def unattempted_recipient_ids(cur: Any, placeholder: str, campaign_id: str, batch_number: int) -> list | None:
+    """The batch's recipient ids while it has never been attempted (None once it has)."""
+    p = placeholder
+    cur.execute(
+        f"SELECT recipient_ids FROM {LEDGER_TABLE} WHERE campaign_id = {p} AND batch_number = {p} "
+        "AND attempts = 0",
+        (campaign_id, batch_number),
+    )
+    entry = cur.fetchone()
+    return None if entry is None else json.loads(entry[0])
+
+
+def shrink_unattempted(
+    cur: Any, placeholder: str, campaign_id: str, batch_number: int, remaining: Sequence[str]
+) -> bool:
+    """Keep only ``remaining`` recipients in a never-attempted batch, in the cursor's transaction;
+    with none left it is ``suppressed`` (nothing to send). False if it was attempted meanwhile."""
+    p = placeholder
+    status_sql = f", status = {p}, last_error = {p}" if not remaining else ""
+    status = (SUPPRESSED, "every recipient was suppressed after planning") if not remaining else ()
+    cur.execute(
+        f"UPDATE {LEDGER_TABLE} SET recipient_ids = {p}, recipient_count = {p}{status_sql}, "
+        f"updated_at = {p} WHERE campaign_id = {p} AND batch_number = {p} AND attempts = 0",
+        (json.dumps(list(remaining)), len(remaining), *status, utc_now_text(), campaign_id, batch_number),
+    )
+    return cur.rowcount == 1
+
+
+# -- reads and single-statement writes -------------------------------------------------------
 
 
 def rows(hook: DbApiHook, campaign_id: str, with_recipient_ids: bool = False) -> list[dict[str, Any]]:
@@ -178,7 +231,7 @@ def record_waiting(hook: DbApiHook, campaign_id: str, batch_numbers: Sequence[in
     _update_planned(hook, campaign_id, batch_numbers, f"last_error = {hook.placeholder}", (reason[:2000],))
 
 
-def held_by_others_sql(placeholder: str, campaign_id: str) -> tuple[str, tuple]:
+def _held_by_others_sql(placeholder: str, campaign_id: str) -> tuple[str, tuple]:
     """The condition, over ``LEDGER_TABLE l LEFT JOIN CAMPAIGNS_TABLE c``, for other campaigns'
     batches still to be sent, with its parameters: they will take room under the caps and
     quota when sent or resumed. Dry runs' batches and unfinished plans' (still being
@@ -193,21 +246,33 @@ def held_by_others_sql(placeholder: str, campaign_id: str) -> tuple[str, tuple]:
     return condition, (*SENT_STATUSES, campaign_id, *UNFINISHED_PLANS)
 
 
+def held_by_others(hook: DbApiHook, campaign_id: str) -> int:
+    """Recipients in other campaigns' batches still to be sent (``_held_by_others_sql``): what the
+    quota pre-flight counts as already spoken for."""
+    held, parameters = _held_by_others_sql(hook.placeholder, campaign_id)
+    found = fetch_dicts(
+        hook,
+        f"SELECT COALESCE(SUM(l.recipient_count), 0) AS n FROM {LEDGER_TABLE} l "
+        f"LEFT JOIN {CAMPAIGNS_TABLE} c ON c.campaign_id = l.campaign_id WHERE {held}",
+        parameters,
+    )
+    return int(found[0]["n"])
+
+
 def occupied_slots(hook: DbApiHook, since: datetime, campaign_id: str) -> dict[datetime, int]:
     """Recipients already holding the account's caps, per send_at, as ``campaign_id`` plans from ``since``.
 
     The plan's hourly and daily caps are the account's, so these count against them:
     - every batch at the provider, from the start of ``since``'s UTC day (the daily cap
       counts the hours before ``since`` too);
-    - other campaigns' batches still to be sent (``held_by_others_sql``) from ``since``'s
+    - other campaigns' batches still to be sent (``_held_by_others_sql``) from ``since``'s
       hour on: they go out in those slots, and a resume keeps a future slot.
     Planning runs one at a time (the planning pool), so two plans never book the same room.
     """
-    from datetime import datetime
 
     p = hook.placeholder
     sent = ", ".join([p] * len(SENT_STATUSES))
-    held, held_parameters = held_by_others_sql(p, campaign_id)
+    held, held_parameters = _held_by_others_sql(p, campaign_id)
     hour = since.replace(minute=0, second=0, microsecond=0)
     found = fetch_dicts(
         hook,
@@ -217,7 +282,7 @@ def occupied_slots(hook: DbApiHook, since: datetime, campaign_id: str) -> dict[d
         "GROUP BY l.send_at",
         (*SENT_STATUSES, utc_text(hour.replace(hour=0)), *held_parameters, utc_text(hour)),
     )
-    return {datetime.fromisoformat(r["send_at"].replace("Z", "+00:00")): int(r["recipients"]) for r in found}
+    return {parse_utc(r["send_at"]): int(r["recipients"]) for r in found}
 
 
 def summarize(ledger_rows: list[dict[str, Any]]) -> LedgerSummary:

@@ -36,6 +36,11 @@ class PlanCaps:
             )
 
 
+# The article's 30k plan: 150 recipients per clock hour, 1,500 per UTC day; the API's 1,000 per
+# request. The campaign Params' defaults.
+DEFAULT_CAPS = PlanCaps(max_batch_size=API_MAX_RECIPIENTS_PER_REQUEST, hourly_cap=150, daily_cap=1500)
+
+
 @dataclass(frozen=True)
 class Batch:
     batch_number: int
@@ -167,16 +172,6 @@ class BatchPacker:
         self._open, self._open_count = None, 0
         self._closed.append(closed)
         return closed
-
-
-def plan_batches(
-    recipient_count: int, caps: PlanCaps, start_at: datetime, occupied: Mapping[datetime, int] | None = None
-) -> list[Batch]:
-    """Plan batches for a known number of recipients (the same packing, without a stream)."""
-    packer = BatchPacker(caps, start_at, occupied)
-    packer.take(recipient_count)
-    packer.finish()
-    return packer.batches
 
 
 def place_whole_batches(

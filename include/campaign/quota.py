@@ -1,24 +1,30 @@
 """The quota pre-flight: does the campaign fit in what is left of the month's quota?
 
-The plan asks MigoSMTP for the month's limit and use before any batch is sent.
+The plan asks the provider for the month's limit and use before any batch is sent.
 What is left for this campaign is that, less what other campaigns already
 hold: their batches not yet at the provider (planned, failed or halted; dry
 runs and unfinished plans aside), which will take quota when they are sent or
-resumed. This is the rule the caps use (``ledger.held_by_others_sql``). It errs on the safe side:
+resumed (``ledger.held_by_others``, the rule the caps use too). It errs on the safe side:
 a batch that will only be resumed after the reset still holds quota now.
+By ``quota_policy`` a campaign that does not fit is refused, or sends the batches that fit.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from include.campaign.ledger import held_by_others_sql
-from include.warehouse import CAMPAIGNS_TABLE, LEDGER_TABLE, fetch_dicts
+from airflow.sdk.exceptions import AirflowFailException
+
+from include.campaign import ledger, provider, staging
+from include.campaign.settings import IGNORE, REFUSE, CampaignSettings
 
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
+
+log = logging.getLogger(__name__)
 
 
 class QuotaCheckFailed(RuntimeError):
@@ -50,19 +56,6 @@ class QuotaProjection:
         )
 
 
-def held_by_other_campaigns(hook: DbApiHook, campaign_id: str) -> int:
-    """Recipients in other campaigns' batches that are not at the provider yet (see
-    ``ledger.held_by_others_sql``)."""
-    held, parameters = held_by_others_sql(hook.placeholder, campaign_id)
-    found = fetch_dicts(
-        hook,
-        f"SELECT COALESCE(SUM(l.recipient_count), 0) AS n FROM {LEDGER_TABLE} l "
-        f"LEFT JOIN {CAMPAIGNS_TABLE} c ON c.campaign_id = l.campaign_id WHERE {held}",
-        parameters,
-    )
-    return int(found[0]["n"])
-
-
 def split_to_fit(batches: Sequence[dict[str, Any]], left: int) -> tuple[list[dict], list[dict]]:
     """The batches that fit in ``left`` recipients, in order, and the rest (from the first that
     does not fit on, so the campaign goes out in its planned order)."""
@@ -72,3 +65,88 @@ def split_to_fit(batches: Sequence[dict[str, Any]], left: int) -> tuple[list[dic
         if total > left:
             return list(batches[:i]), list(batches[i:])
     return list(batches), []
+
+
+def _projection(
+    hook: DbApiHook, settings: CampaignSettings, batches: Sequence[dict[str, Any]], new_plan: bool
+):
+    """Ask the provider; a failure sends nothing (a refused new plan is removed) and says how to
+    go on. None: a dry run goes on without the projection."""
+    campaign_id = settings.campaign_id
+    try:
+        quota = provider.Provider().monthly_quota()
+    except Exception as err:
+        if not provider.is_provider_error(err):
+            raise
+        if settings.dry_run:
+            log.warning("Quota projection unavailable (the dry run goes on without it): %s", err)
+            return None
+        if new_plan:
+            staging.clear_plan(hook, campaign_id)
+        message = (
+            f"cannot check the MigoSMTP quota before sending campaign {campaign_id!r}, so nothing was "
+            f"sent: {err}. Set quota_policy=ignore to send without the check."
+        )
+        if not provider.retry_may_help(err):
+            raise AirflowFailException(message) from err
+        raise QuotaCheckFailed(message) from err  # the plan task's retry asks again
+    return QuotaProjection(
+        needed=sum(b["recipient_count"] for b in batches),
+        limit=quota.limit,
+        used=quota.used,
+        held=ledger.held_by_others(hook, campaign_id),
+    )
+
+
+def within_quota(
+    hook: DbApiHook, settings: CampaignSettings, batches: list[dict[str, Any]], *, new_plan: bool
+) -> list[dict[str, Any]]:
+    """The batches this run may send, by ``quota_policy``.
+
+    A refused new plan is removed, so that it holds no quota or slots for other campaigns; a
+    refused resume keeps its batches (they are still the campaign's to send).
+    """
+    campaign_id = settings.campaign_id
+    if settings.quota_policy == IGNORE or not batches:
+        return batches
+    projection = _projection(hook, settings, batches, new_plan)
+    if projection is None:
+        return batches
+    fitting, waiting = split_to_fit(batches, projection.left)
+    if projection.fits:
+        log.info("Quota: campaign %s %s: it fits", campaign_id, projection.describe())
+        return batches
+    if settings.dry_run:
+        log.warning(
+            "Quota (dry run): campaign %s %s: quota_policy=refuse would send nothing, "
+            "send_what_fits %d of %d batches",
+            campaign_id,
+            projection.describe(),
+            len(fitting),
+            len(batches),
+        )
+        return batches
+    if settings.quota_policy == REFUSE:
+        if new_plan:
+            staging.clear_plan(hook, campaign_id)
+        raise AirflowFailException(
+            f"campaign {campaign_id!r} does not fit in this month's MigoSMTP quota: it "
+            f"{projection.describe()}. This run sent nothing. Wait for the monthly reset or raise the "
+            f"plan's quota; or trigger it with quota_policy=send_what_fits to send the {len(fitting)} "
+            f"of {len(batches)} batches that fit now."
+        )
+    reason = (
+        f"waiting for quota: left unsent by the quota pre-flight "
+        f"({projection.describe()}); resume after the monthly reset with mode=retry_failed"
+    )
+    ledger.record_waiting(hook, campaign_id, [b["batch_number"] for b in waiting], reason)
+    log.warning(
+        "Quota: campaign %s %s: sending the %d of %d batches that fit (%d recipients); %d stay planned",
+        campaign_id,
+        projection.describe(),
+        len(fitting),
+        len(batches),
+        sum(b["recipient_count"] for b in fitting),
+        len(waiting),
+    )
+    return fitting

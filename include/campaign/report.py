@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from include.campaign import ledger, preview
+from include.campaign.provider import EVENT_TYPES
 from include.warehouse import (
     CAMPAIGNS_TABLE,
     DELIVERIES_TABLE,
@@ -26,7 +27,8 @@ from include.warehouse import (
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
 
-OUTCOMES = ("delivered", "bounced", "deferred", "complained")
+# The delivery counts shown per campaign and per batch: one column per event type.
+OUTCOMES = EVENT_TYPES
 
 
 def campaigns(hook: DbApiHook, campaign_id: str | None = None) -> list[dict[str, Any]]:

@@ -16,19 +16,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from include import warehouse
-from include.campaign.audience import EMAIL_PATTERN
-from include.campaign.planner import API_MAX_RECIPIENTS_PER_REQUEST, PlanCaps
+from include.campaign.audience import EMAIL_PATTERN, MAX_EMAIL_LENGTH
+from include.campaign.planner import API_MAX_RECIPIENTS_PER_REQUEST, DEFAULT_CAPS, PlanCaps
 
 CAMPAIGN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 # An optional schema prefix, then a table name: plain identifiers only, so they can be quoted safely.
 TABLE_NAME_PATTERN = r"^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$"
-# The project's own tables, as warehouse.py's DDL creates them: never an audience (a campaign
-# would mail its own ledger), and a table added there is refused here without a change.
-OWN_TABLES = frozenset(
-    name.lower()
-    for statement in (*warehouse._SCHEMA, *warehouse._suppressions_schema("sqlite"))
-    for name in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", statement)
-)
 # Schemas no audience lives in. PostgreSQL keeps pg_catalog first on every search path, so an
 # unqualified pg_* name is a catalog too; SQLite reserves every sqlite_* table.
 SYSTEM_SCHEMAS = ("information_schema",)
@@ -41,7 +34,6 @@ _CONTROL = re.compile(f"[{CONTROL_CHARACTERS}]")
 _NO_CONTROL = rf"^(?![\s\S]*[{CONTROL_CHARACTERS}])"
 # One plain address, as the audience's are checked: no display name, no list, no whitespace.
 FROM_EMAIL_PATTERN = f"{_NO_CONTROL}{EMAIL_PATTERN}$"
-MAX_EMAIL_LENGTH = 254
 # The furthest first send slot from now (a year, leap day included): a later one is a typo, and
 # the planner's slot arithmetic stays far inside the datetime range.
 MAX_START_AHEAD = timedelta(days=366)
@@ -58,7 +50,7 @@ RECIPIENTS_TABLE_PATTERN = (
     _NO_CONTROL
     + f"(?!{_PART}(?:{'|'.join(_any_case(p) for p in SYSTEM_PREFIXES)}))"
     + f"(?!(?:{'|'.join(_any_case(s) for s in SYSTEM_SCHEMAS)})\\.)"
-    + f"(?!{_PART}(?:{'|'.join(_any_case(t) for t in sorted(OWN_TABLES))})$)"
+    + f"(?!{_PART}(?:{'|'.join(_any_case(t) for t in sorted(warehouse.OWN_TABLES))})$)"
     + TABLE_NAME_PATTERN.removeprefix("^")
 )
 SEND, RETRY_FAILED = "send", "retry_failed"
@@ -153,7 +145,7 @@ def campaign_params(*, campaign_id_required: bool = True, **defaults: Any) -> di
             section=MESSAGE,
         ),
         "hourly_cap": Param(
-            150,
+            DEFAULT_CAPS.hourly_cap,
             type="integer",
             minimum=1,
             title="Hourly cap",
@@ -161,7 +153,7 @@ def campaign_params(*, campaign_id_required: bool = True, **defaults: Any) -> di
             section=LIMITS,
         ),
         "daily_cap": Param(
-            1500,
+            DEFAULT_CAPS.daily_cap,
             type="integer",
             minimum=1,
             title="Daily cap",
@@ -169,7 +161,7 @@ def campaign_params(*, campaign_id_required: bool = True, **defaults: Any) -> di
             section=LIMITS,
         ),
         "max_batch_size": Param(
-            API_MAX_RECIPIENTS_PER_REQUEST,
+            DEFAULT_CAPS.max_batch_size,
             type="integer",
             minimum=1,
             maximum=API_MAX_RECIPIENTS_PER_REQUEST,
@@ -254,7 +246,7 @@ def _parse_start_at(value: str | None, default: datetime) -> datetime:
     if not isinstance(value, str):
         raise CampaignSettingsError(f"start_at {value!r} is not an ISO-8601 date-time")
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        moment = warehouse.parse_utc(value)
     except ValueError:
         raise CampaignSettingsError(f"start_at {value!r} is not an ISO-8601 date-time") from None
     if moment.tzinfo is None:
@@ -287,7 +279,7 @@ def _check_table(table: str) -> None:
                 f"recipients_table {table!r} names a system catalog ({part!r}: no part may start with "
                 f"{' or '.join(SYSTEM_PREFIXES)})"
             )
-    if parts[-1] in OWN_TABLES:
+    if parts[-1] in warehouse.OWN_TABLES:
         raise CampaignSettingsError(
             f"recipients_table {table!r} is one of the campaign's own tables, not an audience"
         )
@@ -361,9 +353,9 @@ class CampaignSettings:
             )
         try:
             caps = PlanCaps(
-                max_batch_size=params.get("max_batch_size", API_MAX_RECIPIENTS_PER_REQUEST),
-                hourly_cap=params.get("hourly_cap", 150),
-                daily_cap=params.get("daily_cap", 1500),
+                max_batch_size=params.get("max_batch_size", DEFAULT_CAPS.max_batch_size),
+                hourly_cap=params.get("hourly_cap", DEFAULT_CAPS.hourly_cap),
+                daily_cap=params.get("daily_cap", DEFAULT_CAPS.daily_cap),
             )
         except ValueError as err:
             raise CampaignSettingsError(str(err)) from None
@@ -392,3 +384,15 @@ class CampaignSettings:
             quota_policy=quota_policy,
             ignore_suppressions=params.get("ignore_suppressions") is True,
         )
+
+
+def for_task(
+    params: dict[str, Any], dag_id: str | None = None, logical_date: datetime | None = None
+) -> CampaignSettings:
+    """The run's settings, for a task: bad Params fail the task without retries, naming the Param."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    try:
+        return CampaignSettings.from_params(params, dag_id=dag_id, logical_date=logical_date)
+    except CampaignSettingsError as err:
+        raise AirflowFailException(f"invalid campaign Params: {err}") from err

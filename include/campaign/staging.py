@@ -23,6 +23,7 @@ process clears its own (``abandon_plan``).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import closing
@@ -31,14 +32,12 @@ from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from include.campaign import suppressions
-from include.campaign.audience import ScreenedRows, screen_rows
-from include.campaign.ledger import FIELDS as LEDGER_FIELDS
+from include.campaign import ledger, suppressions
+from include.campaign.audience import Recipient, ScreenedRows, screen_rows
 from include.campaign.ledger import PLAN_FAILED, PLANNING, planned_row
 from include.campaign.planner import Batch, BatchPacker
 from include.warehouse import (
     CAMPAIGNS_TABLE,
-    LEDGER_TABLE,
     REJECTED_TABLE,
     STAGING_TABLE,
     bulk_insert,
@@ -72,13 +71,11 @@ ABANDONED_AFTER = timedelta(minutes=30)
 
 def clear_plan(hook: DbApiHook, campaign_id: str) -> None:
     """Drop a plan that sent nothing (a dry run, a run stopped before sending, a refused plan)."""
-    hook.run(
-        [
-            f"DELETE FROM {table} WHERE campaign_id = {hook.placeholder}"
-            for table in (LEDGER_TABLE, STAGING_TABLE, REJECTED_TABLE, CAMPAIGNS_TABLE)
-        ],
-        parameters=(campaign_id,),
-    )
+    p = hook.placeholder
+    with transaction(hook) as cur:
+        ledger.delete_campaign(cur, p, campaign_id)
+        for table in (STAGING_TABLE, REJECTED_TABLE, CAMPAIGNS_TABLE):
+            cur.execute(f"DELETE FROM {table} WHERE campaign_id = {p}", (campaign_id,))
 
 
 def abandon_plan(hook: DbApiHook, campaign_id: str) -> None:
@@ -93,7 +90,7 @@ def abandon_plan(hook: DbApiHook, campaign_id: str) -> None:
             (PLAN_FAILED, utc_now_text(), campaign_id, PLANNING),
         )
         if cur.rowcount == 1:
-            cur.execute(f"DELETE FROM {LEDGER_TABLE} WHERE campaign_id = {p}", (campaign_id,))
+            ledger.delete_campaign(cur, p, campaign_id)
             cur.execute(f"DELETE FROM {STAGING_TABLE} WHERE campaign_id = {p}", (campaign_id,))
 
 
@@ -110,6 +107,33 @@ def clear_abandoned_plans(hook: DbApiHook, now: datetime | None = None) -> list[
         log.warning("Campaign %s: its plan stopped before %s; clearing it", row["campaign_id"], cutoff)
         abandon_plan(hook, row["campaign_id"])
     return [row["campaign_id"] for row in dead]
+
+
+def batch_recipients(
+    hook: DbApiHook, campaign_id: str, batch_number: int, *, flag_suppressed: bool = False
+) -> tuple[list[Recipient], int]:
+    """A staged batch's recipients in order, and how many of them are on the suppression list now
+    (asked in the same statement, so the check before a first send costs no round trip)."""
+    p = hook.placeholder
+    flag = suppressions.flag_sql(hook.dialect_name, "s.email") if flag_suppressed else "0"
+    staged = fetch_dicts(
+        hook,
+        f"SELECT s.recipient_id, s.email, s.variables, {flag} AS suppressed FROM {STAGING_TABLE} s "
+        f"WHERE s.campaign_id = {p} AND s.batch_number = {p} ORDER BY s.position",
+        (campaign_id, batch_number),
+    )
+    recipients = [Recipient(s["recipient_id"], s["email"], json.loads(s["variables"])) for s in staged]
+    return recipients, sum(1 for s in staged if s["suppressed"])
+
+
+def rejected_count(hook: DbApiHook, campaign_id: str) -> int:
+    """How many of the campaign's rows were rejected, with their reasons (at plan, or dropped after)."""
+    found = fetch_dicts(
+        hook,
+        f"SELECT COUNT(*) AS n FROM {REJECTED_TABLE} WHERE campaign_id = {hook.placeholder}",
+        (campaign_id,),
+    )
+    return int(found[0]["n"])
 
 
 class TooManyBatches(Exception):
@@ -187,7 +211,7 @@ class PlanWriter:
         transaction."""
         bulk_insert(self._conn, self._placeholder, STAGING_TABLE, STAGING_FIELDS, staged)
         bulk_insert(self._conn, self._placeholder, REJECTED_TABLE, REJECTED_FIELDS, rejected)
-        bulk_insert(self._conn, self._placeholder, LEDGER_TABLE, LEDGER_FIELDS, planned)
+        ledger.insert_planned(self._conn, self._placeholder, planned)
         with closing(self._conn.cursor()) as cur:  # the plan is alive (see clear_abandoned_plans)
             p = self._placeholder
             cur.execute(

@@ -18,13 +18,11 @@ one active row. Addresses match trimmed and case-insensitively
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from include.campaign import ledger
 from include.warehouse import (
     EVENTS_TABLE,
-    LEDGER_TABLE,
     REJECTED_TABLE,
     STAGING_TABLE,
     SUPPRESSIONS_TABLE,
@@ -43,14 +41,6 @@ SUPPRESSED, SUPPRESSED_AFTER_PLAN = "suppressed", "suppressed_after_plan"
 # The events that suppress, and the reason each gives; update_from_events' SQL is built from these.
 ALWAYS_SUPPRESS = {"complained": "complaint", "unsubscribed": "unsubscribe"}
 HARD_BOUNCE = "hard_bounce"  # a "bounced" event whose bounce_type is "hard"
-
-
-def reason_for(event_type: str, bounce_type: str | None = None) -> str | None:
-    """The suppression reason an event gives, or None: soft bounces and deferrals never suppress,
-    nor does a bounce that does not say it is hard."""
-    if event_type == "bounced":
-        return HARD_BOUNCE if bounce_type == "hard" else None
-    return ALWAYS_SUPPRESS.get(event_type)
 
 
 def _active(dialect: str) -> str:
@@ -113,32 +103,6 @@ def update_from_events(hook: DbApiHook) -> int:
         return max(cur.rowcount, 0)
 
 
-def add(hook: DbApiHook, email: str, reason: str = "manual", note: str | None = None) -> bool:
-    """Suppress an address by hand; False if it already is. The SQL equivalent is in the README."""
-    dialect, p = hook.dialect_name, hook.placeholder
-    with transaction(hook) as cur:
-        if active_among(cur, dialect, p, {email.strip().lower()}):
-            return False
-        cur.execute(
-            f"INSERT INTO {SUPPRESSIONS_TABLE} (email, reason, note) VALUES ({p}, {p}, {p})",
-            (email, reason, note),
-        )
-        return True
-
-
-def remove(hook: DbApiHook, email: str, note: str) -> bool:
-    """Lift an address's suppression, keeping the row (``removed_at``, ``removal_note``) for an audit."""
-    dialect, p = hook.dialect_name, hook.placeholder
-    with transaction(hook) as cur:
-        cur.execute(
-            f"UPDATE {SUPPRESSIONS_TABLE} SET removed_at = {p}, removal_note = {p} "
-            f"WHERE removed_at IS NULL "
-            f"AND {normalized_email_sql(dialect)} = {normalized_email_sql(dialect, p)}",
-            (utc_now_text(), note, email),
-        )
-        return cur.rowcount > 0
-
-
 def drop_from_unsent_batch(hook: DbApiHook, campaign_id: str, batch_number: int) -> int:
     """Take the recipients suppressed since planning out of a batch never attempted; returns how many.
 
@@ -158,16 +122,11 @@ def drop_from_unsent_batch(hook: DbApiHook, campaign_id: str, batch_number: int)
         found = cur.fetchall()
         if not found:
             return 0
-        cur.execute(
-            f"SELECT recipient_ids FROM {LEDGER_TABLE} WHERE campaign_id = {p} AND batch_number = {p} "
-            "AND attempts = 0",
-            (campaign_id, batch_number),
-        )
-        entry = cur.fetchone()
-        if entry is None:
+        recipient_ids = ledger.unattempted_recipient_ids(cur, p, campaign_id, batch_number)
+        if recipient_ids is None:
             return 0
         dropped = {recipient_id for recipient_id, *_ in found}
-        remaining = [i for i in json.loads(entry[0]) if i not in dropped]
+        remaining = [i for i in recipient_ids if i not in dropped]
         condition, ids = in_values(dialect, p, "recipient_id", dropped)
         cur.execute(
             f"DELETE FROM {STAGING_TABLE} WHERE campaign_id = {p} AND batch_number = {p} AND {condition}",
@@ -189,14 +148,7 @@ def drop_from_unsent_batch(hook: DbApiHook, campaign_id: str, batch_number: int)
                 for recipient_id, email, source_row, position in found
             ],
         )
-        status_sql = f", status = {p}, last_error = {p}" if not remaining else ""
-        status = (ledger.SUPPRESSED, "every recipient was suppressed after planning") if not remaining else ()
-        cur.execute(
-            f"UPDATE {LEDGER_TABLE} SET recipient_ids = {p}, recipient_count = {p}{status_sql}, "
-            f"updated_at = {p} "
-            f"WHERE campaign_id = {p} AND batch_number = {p} AND attempts = 0",
-            (json.dumps(remaining), len(remaining), *status, utc_now_text(), campaign_id, batch_number),
-        )
-        if cur.rowcount != 1:  # attempted meanwhile: roll the whole drop back
+        if not ledger.shrink_unattempted(cur, p, campaign_id, batch_number, remaining):
+            # attempted meanwhile: roll the whole drop back
             raise RuntimeError(f"batch {batch_number} of {campaign_id!r} was attempted while being checked")
         return len(found)

@@ -13,6 +13,7 @@ import base64
 import hashlib
 from typing import Any
 
+from include.campaign.report import OUTCOMES
 from include.views import markup
 from include.views.chart import bar_chart
 from include.views.markup import Markup, document, el, join, path
@@ -104,10 +105,7 @@ def campaign_list(rows: list[dict[str, Any]]) -> str:
         "Status",
         "#Recipients",
         "Batches by status",
-        "#Delivered",
-        "#Bounced",
-        "#Deferred",
-        "#Complained",
+        *(f"#{o.capitalize()}" for o in OUTCOMES),
         "First send_at",
         "Last send_at",
         "Halted",
@@ -121,7 +119,7 @@ def campaign_list(rows: list[dict[str, Any]]) -> str:
             _td(_status(c)),
             _n(c["recipients"]),
             _by_status(c["batches_by_status"]),
-            *(_n(c[o]) for o in ("delivered", "bounced", "deferred", "complained")),
+            *(_n(c[o]) for o in OUTCOMES),
             _td(c["first_send_at"]),
             _td(c["last_send_at"]),
             _td(_badge("halted") if c["halts"] else "no"),
@@ -186,10 +184,7 @@ def campaign_page(c: dict[str, Any]) -> str:
             "#Recipients",
             "#Attempts",
             "batch_id",
-            "#Delivered",
-            "#Bounced",
-            "#Deferred",
-            "#Complained",
+            *(f"#{o.capitalize()}" for o in OUTCOMES),
             "Last error",
         ),
         *(
@@ -200,7 +195,7 @@ def campaign_page(c: dict[str, Any]) -> str:
                 _n(b["recipient_count"]),
                 _n(b["attempts"]),
                 _td(b["batch_id"]),
-                *(_n(b[o]) for o in ("delivered", "bounced", "deferred", "complained")),
+                *(_n(b[o]) for o in OUTCOMES),
                 _td(b["last_error"], "error"),
                 data_batch=b["batch_number"],
             )

@@ -20,8 +20,8 @@ from include.campaign.audience import (
     is_valid_email,
     normalize_email,
     normalize_recipient_id,
-    screen_chunk,
 )
+from tests.helpers import screen_chunk
 
 # 64 + 1 + (63 + 1 + 63 + 1 + 61) = 254 characters, every label within 63.
 LONGEST_VALID_EMAIL = "a" * 64 + "@" + "b" * 63 + "." + "c" * 63 + "." + "d" * 61

@@ -3,7 +3,7 @@ rejected ``invalid_variables`` while the plan stages everyone else (SQLite and P
 
 from __future__ import annotations
 
-from include.campaign.tasks import plan_campaign
+from include.campaign.plan import plan_campaign
 from include.warehouse import ensure_schema, fetch_dicts
 from tests.campaign.test_plan_lifecycle import PARAMS
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from include.campaign import definition, ledger
-from include.campaign.quota import held_by_other_campaigns
+from include.campaign.ledger import held_by_others
 from include.warehouse import ensure_schema
 
 NOW = datetime(2026, 12, 1, 10, 20, tzinfo=UTC)
@@ -60,4 +60,4 @@ class TestOccupiedSlots:
         book(warehouse, "finished", 1, HOUR + timedelta(hours=2), 7)
 
         assert ledger.occupied_slots(warehouse, NOW, "mine") == {HOUR + timedelta(hours=2): 7}
-        assert held_by_other_campaigns(warehouse, "mine") == 7
+        assert held_by_others(warehouse, "mine") == 7

@@ -15,8 +15,8 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from demo.audience import create_recipients_table
 from include.campaign import definition, ledger, staging
-from include.campaign.quota import held_by_other_campaigns
-from include.campaign.tasks import plan_campaign
+from include.campaign.ledger import held_by_others
+from include.campaign.plan import plan_campaign
 from include.warehouse import ensure_schema, fetch_dicts
 from tests.conftest import REPO_ROOT
 
@@ -46,7 +46,7 @@ def status(hook, campaign_id: str) -> str | None:
 
 def holds_nothing_for_others(hook) -> None:
     assert ledger.occupied_slots(hook, START, "other") == {}
-    assert held_by_other_campaigns(hook, "other") == 0
+    assert held_by_others(hook, "other") == 0
 
 
 def failing_view(hook, fail_at: int) -> None:
@@ -110,7 +110,7 @@ class TestAPlanThatFailsPartWay:
 _DIE_AFTER_TWO_CHUNKS = """
 import json, os, signal, sys
 from include.campaign import staging
-from include.campaign.tasks import plan_campaign
+from include.campaign.plan import plan_campaign
 
 write_chunk, written = staging.PlanWriter.write_chunk, []
 def write_then_die(self, *rows):

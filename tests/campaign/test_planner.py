@@ -32,8 +32,8 @@ from include.campaign.planner import (
     PlanCaps,
     SlotCalendar,
     place_whole_batches,
-    plan_batches,
 )
+from tests.helpers import plan_batches
 
 HUGE_CAP = 10**9
 ONE_HOUR = timedelta(hours=1)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 from demo.audience import create_recipients_table
+from include.campaign.plan import plan_campaign
 from include.campaign.preview import log_preview, recipients_by, rejected_by_reason
-from include.campaign.tasks import plan_campaign
 from tests.conftest import DAY, NEXT_DAY
 
 BATCHES = [

@@ -8,8 +8,8 @@ import psycopg
 import pytest
 
 from demo.audience import create_recipients_table
+from include.campaign.plan import plan_campaign
 from include.campaign.staging import PlanWriter
-from include.campaign.tasks import plan_campaign
 from include.warehouse import ensure_schema, fetch_dicts
 
 PARAMS = {

@@ -13,6 +13,7 @@ from include.campaign.audience import screen_rows
 from include.campaign.staging import STAGING_FIELDS
 from include.migosmtp.webhooks import DeliveryEvent, store
 from include.warehouse import ensure_schema, fetch_dicts
+from tests.helpers import suppress, unsuppress
 
 
 def ev(event_id, type_, recipient, timestamp=10, bounce_type=None, batch_id="bat_1"):
@@ -28,7 +29,7 @@ def active(hook) -> dict[str, str]:
     }
 
 
-class TestReasonFor:
+class TestWhichEventsSuppress:
     @pytest.mark.parametrize(
         ("event_type", "bounce_type", "reason"),
         [
@@ -42,8 +43,15 @@ class TestReasonFor:
             ("opened", None, None),
         ],
     )
-    def test_only_complaints_unsubscribes_and_hard_bounces_suppress(self, event_type, bounce_type, reason):
-        assert suppressions.reason_for(event_type, bounce_type) == reason
+    def test_only_complaints_unsubscribes_and_hard_bounces_suppress(
+        self, warehouse, event_type, bounce_type, reason
+    ):
+        ensure_schema(warehouse)
+        store(warehouse, [ev("e1", event_type, "a@example.com", bounce_type=bounce_type)])
+
+        suppressions.update_from_events(warehouse)
+
+        assert active(warehouse) == ({"a@example.com": reason} if reason else {})
 
 
 class TestFromEvents:
@@ -104,7 +112,7 @@ class TestFromEvents:
         store(warehouse, [ev("e1", "complained", "a@example.com")])
         suppressions.update_from_events(warehouse)
 
-        assert suppressions.remove(warehouse, "  A@EXAMPLE.COM", "asked support to be mailed again")
+        assert unsuppress(warehouse, "  A@EXAMPLE.COM", "asked support to be mailed again")
         assert suppressions.update_from_events(warehouse) == 0
 
         assert active(warehouse) == {}
@@ -116,7 +124,7 @@ class TestFromEvents:
         ensure_schema(warehouse)
         store(warehouse, [ev("e1", "complained", "a@example.com")])
         suppressions.update_from_events(warehouse)
-        suppressions.remove(warehouse, "a@example.com", "by mistake")
+        unsuppress(warehouse, "a@example.com", "by mistake")
         warehouse.run("UPDATE email_suppressions SET removed_at = '2000-01-01T00:00:00Z'")  # long ago
 
         store(warehouse, [ev("e2", "unsubscribed", "a@example.com", 99)])
@@ -145,8 +153,8 @@ class TestByHand:
 
     def test_an_address_has_one_active_row_however_it_is_typed(self, warehouse):
         ensure_schema(warehouse)
-        assert suppressions.add(warehouse, "ada@example.com")
-        assert not suppressions.add(warehouse, "ADA@example.com")
+        assert suppress(warehouse, "ada@example.com")
+        assert not suppress(warehouse, "ADA@example.com")
         with pytest.raises(Exception, match=r"(?i)unique"):
             warehouse.run(
                 "INSERT INTO email_suppressions (email, reason) VALUES ('Ada@Example.com\t', 'manual')"
@@ -208,7 +216,7 @@ class TestDropFromUnsentBatch:
     def test_recipients_suppressed_since_planning_leave_a_batch_never_attempted(self, warehouse):
         ensure_schema(warehouse)
         stage_batch(warehouse, 1, ["a@example.com", "b@example.com", "c@example.com"])
-        suppressions.add(warehouse, "B@example.com ")
+        suppress(warehouse, "B@example.com ")
 
         assert suppressions.drop_from_unsent_batch(warehouse, "c1", 1) == 1
 
@@ -235,7 +243,7 @@ class TestDropFromUnsentBatch:
     def test_a_batch_once_attempted_is_never_changed(self, warehouse):
         ensure_schema(warehouse)
         stage_batch(warehouse, 1, ["a@example.com", "b@example.com"], attempts=1)
-        suppressions.add(warehouse, "b@example.com")
+        suppress(warehouse, "b@example.com")
 
         assert suppressions.drop_from_unsent_batch(warehouse, "c1", 1) == 0
 
@@ -246,7 +254,7 @@ class TestDropFromUnsentBatch:
     def test_a_batch_with_no_one_left_is_marked_suppressed_and_counts_as_done(self, warehouse):
         ensure_schema(warehouse)
         stage_batch(warehouse, 1, ["a@example.com"])
-        suppressions.add(warehouse, "a@example.com")
+        suppress(warehouse, "a@example.com")
 
         assert suppressions.drop_from_unsent_batch(warehouse, "c1", 1) == 1
 

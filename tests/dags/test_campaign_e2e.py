@@ -199,7 +199,8 @@ class TestResendingOnlyWhatFailed:
     def test_a_cleared_run_sends_only_the_failed_batch_and_then_succeeds(
         self, run_campaign, warehouse, sandbox
     ):
-        from include.campaign.tasks import close_ledger, send_batch
+        from include.campaign.close import close_ledger
+        from include.campaign.send import send_batch
 
         create_recipients_table(warehouse, "recipients", 30)
         conf = {

@@ -14,8 +14,8 @@ from airflow.sdk.exceptions import AirflowFailException
 from demo.audience import create_recipients_table
 from include.campaign import definition
 from include.campaign.ledger import rows as ledger_rows
+from include.campaign.plan import plan_campaign
 from include.campaign.quota import QuotaCheckFailed
-from include.campaign.tasks import plan_campaign
 from tests.conftest import DAY
 
 SMALL = {"max_batch_size": 10, "hourly_cap": 1000, "daily_cap": 1000, "start_at": f"{DAY}T09:00:00Z"}

@@ -252,7 +252,7 @@ class TestLargerThanOneRunCanMap:
     def test_the_message_gives_the_count_the_limit_and_the_ways_out(self, warehouse):
         from airflow.sdk.exceptions import AirflowFailException
 
-        from include.campaign.tasks import plan_campaign
+        from include.campaign.plan import plan_campaign
 
         create_recipients_table(warehouse, "recipients", 50)
         params = {

@@ -17,9 +17,11 @@ import pytest
 from demo.audience import create_recipients_table
 from demo.receiver import webhook_receiver
 from include.campaign import ledger, suppressions
-from include.campaign.tasks import plan_campaign, send_batch
+from include.campaign.plan import plan_campaign
+from include.campaign.send import send_batch
 from include.warehouse import fetch_dicts
 from tests.conftest import load_campaign_dag
+from tests.helpers import suppress
 
 SECRET = "whsec_suppressions"
 RATES = {
@@ -147,8 +149,8 @@ class TestBetweenPlanAndSend:
         first, second = staged(warehouse, 1), staged(warehouse, 2)
         # Batch 2 was attempted before and its answer lost: the provider may hold it as it was.
         ledger.record_attempt(warehouse, "c1", 2)
-        suppressions.add(warehouse, first[3].upper())
-        suppressions.add(warehouse, second[4])
+        suppress(warehouse, first[3].upper())
+        suppress(warehouse, second[4])
 
         for batch in batches:
             send_batch(batch, params, "r1")
@@ -174,7 +176,7 @@ class TestBetweenPlanAndSend:
         params = {**PARAMS, "campaign_id": "c1"}
         [batch] = plan_campaign(params, run_id="r1")
         for email in staged(warehouse, 1):
-            suppressions.add(warehouse, email)
+            suppress(warehouse, email)
 
         assert send_batch(batch, params, "r1")["batch_id"] is None
 
@@ -193,9 +195,9 @@ class TestBetweenPlanAndSend:
                 warehouse, "SELECT email FROM email_campaign_recipients WHERE campaign_id = 'probe'", ()
             )
         ]
-        suppressions.add(warehouse, addresses[0])
+        suppress(warehouse, addresses[0])
         [batch] = plan_campaign(params, run_id="r1")
-        suppressions.add(warehouse, addresses[1])
+        suppress(warehouse, addresses[1])
 
         send_batch(batch, params, "r1")
 

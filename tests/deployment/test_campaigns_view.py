@@ -11,9 +11,9 @@ import pytest
 import requests
 
 from demo.audience import create_recipients_table
-from sandbox import SandboxProcess
 from include.views.pages import SECURITY_HEADERS
 from include.warehouse import utc_text
+from sandbox import SandboxProcess
 from tests.deployment.airflow_stack import DAG_ID, AirflowStack
 from tests.deployment.campaign_checks import API_KEY, first_slot
 

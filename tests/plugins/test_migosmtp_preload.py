@@ -18,7 +18,10 @@ SEND_PATH = [
     "airflow.providers.http.hooks.http",
     "airflow.sdk.execution_time.cache",
     "airflow.sdk.lineage",
-    "include.campaign.tasks",
+    "include.campaign.plan",
+    "include.campaign.provider",
+    "include.campaign.send",
+    "include.campaign.close",
     "include.migosmtp.client",
 ]
 

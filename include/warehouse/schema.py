@@ -1,26 +1,21 @@
-"""The warehouse side: the connection, the project's own tables, and safe identifiers.
+"""The project's own tables: their names, their portable DDL, and ``ensure_schema``, which creates
+what is missing and upgrades what an earlier version made.
 
-Everything goes through common-sql's ``DbApiHook`` for the ``warehouse_default``
-connection, so any database common-sql supports can hold the recipients and
-the ledger. The DDL below is the portable subset that SQLite and PostgreSQL
-both accept; timestamps are ISO-8601 UTC text, which sorts and compares
-correctly in both.
+The DDL is the subset that SQLite and PostgreSQL both accept; timestamps are ISO-8601 UTC text,
+which sorts and compares correctly in both.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import closing, contextmanager
-from datetime import UTC, datetime
+from contextlib import closing
 from typing import TYPE_CHECKING, Any
+
+from include.warehouse.sql import table_columns
 
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
 
-WAREHOUSE_CONN_ID = "warehouse_default"
 LEDGER_TABLE = "email_batch_ledger"
 STAGING_TABLE = "email_campaign_recipients"
 REJECTED_TABLE = "email_rejected_recipients"
@@ -186,80 +181,13 @@ def _suppressions_schema(dialect: str) -> tuple[str, ...]:
     )
 
 
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-
-
-class WarehouseInputError(ValueError):
-    """The warehouse does not hold what the campaign was told to read."""
-
-
-def utc_now_text() -> str:
-    return utc_text(datetime.now(UTC))
-
-
-def utc_text(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def get_warehouse_hook(conn_id: str = WAREHOUSE_CONN_ID) -> DbApiHook:
-    from airflow.providers.common.sql.hooks.sql import DbApiHook
-    from airflow.sdk import BaseHook
-
-    # log_sql off: statement parameters carry recipient addresses, which do not belong in task logs.
-    hook = BaseHook.get_connection(conn_id).get_hook(hook_params={"log_sql": False})
-    if not isinstance(hook, DbApiHook):
-        raise WarehouseInputError(
-            f"connection {conn_id!r} is of type {type(hook).__name__}, not a SQL database common-sql supports"
-        )
-    return hook
-
-
-class _SharedConnection:
-    """A DB-API connection that every hook call can share: ``close()`` does nothing, and the
-    autocommit mode ``one_connection`` gave it stays (psycopg refuses a change mid-transaction)."""
-
-    def __init__(self, conn: Any) -> None:
-        object.__setattr__(self, "_conn", conn)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._conn, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name != "autocommit":
-            setattr(self._conn, name, value)
-
-    def close(self) -> None:
-        pass
-
-
-@contextmanager
-def one_connection(hook: DbApiHook) -> Iterator[DbApiHook]:
-    """The hook, with all its calls on one open connection, closed on exit.
-
-    A batch task makes a handful of statements; each common-sql call would otherwise open
-    (and, on PostgreSQL, authenticate) a connection of its own. Every statement still
-    commits on its own, so what the ledger records is durable at once.
-    """
-    conn = hook.get_conn()
-    if hook.supports_autocommit:
-        # Each statement commits at once, as with a connection per call: no transaction is left
-        # open between statements (or across an API request).
-        conn.autocommit = True
-    bound = copy.copy(hook)
-    shared = _SharedConnection(conn)
-    bound.get_conn = lambda: shared
-    try:
-        yield bound
-    finally:
-        conn.close()
-
-
-def quote_table(name: str) -> str:
-    """Quote a ``[schema.]table`` name, refusing anything that is not a plain identifier."""
-    parts = name.split(".")
-    if not 1 <= len(parts) <= 2 or not all(_IDENTIFIER.fullmatch(part) for part in parts):
-        raise WarehouseInputError(f"table name {name!r} is not a plain [schema.]table identifier")
-    return ".".join(f'"{part}"' for part in parts)
+# Every table ensure_schema creates, as its DDL names them: the campaign's settings refuse any of
+# them as an audience, and a table added above is refused without a change there.
+OWN_TABLES = frozenset(
+    name.lower()
+    for statement in (*_SCHEMA, *_suppressions_schema("sqlite"))
+    for name in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", statement)
+)
 
 
 # Any constant: the PostgreSQL advisory lock that serialises schema changes between processes.
@@ -362,97 +290,3 @@ def _missing_columns(hook: DbApiHook) -> list[str]:
         f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}"
         for table, column, kind in _ADDED_COLUMNS
     ]
-
-
-@contextmanager
-def transaction(hook: DbApiHook) -> Iterator[Any]:
-    """A cursor whose statements commit together or not at all, also on a connection that
-    ``one_connection`` put in autocommit mode."""
-    with closing(hook.get_conn()) as conn:
-        if getattr(conn, "autocommit", False) is True and hasattr(conn, "transaction"):  # psycopg 3
-            with conn.transaction(), closing(conn.cursor()) as cur:
-                yield cur
-            return
-        with closing(conn.cursor()) as cur:
-            try:
-                yield cur
-            except BaseException:
-                conn.rollback()
-                raise
-            conn.commit()
-
-
-def table_columns(hook: DbApiHook, table: str) -> list[str]:
-    """Column names of a table, or a WarehouseInputError that names the table and the cause."""
-    sql = f"SELECT * FROM {quote_table(table)} WHERE 1 = 0"
-    try:
-        with closing(hook.get_conn()) as conn, closing(conn.cursor()) as cur:
-            cur.execute(sql)
-            return [column[0] for column in cur.description]
-    except WarehouseInputError:
-        raise
-    except Exception as err:
-        raise WarehouseInputError(
-            f"cannot read table {table!r} from connection {hook.get_conn_id()!r}: {err}"
-        ) from err
-
-
-def stream_rows(
-    hook: DbApiHook, sql: str, chunk_rows: int, parameters: Sequence[Any] = ()
-) -> Iterator[tuple[list[str], list[tuple]]]:
-    """Yield a query's rows ``chunk_rows`` at a time as ``(column names, tuples)``, one chunk in memory.
-
-    On its own connection, so the caller can write on another while it reads. On PostgreSQL
-    the cursor is a server-side one: a plain DB-API cursor makes psycopg fetch the whole
-    result before the first chunk. Rows are the driver's plain values (no pandas: it would
-    turn an INTEGER column with NULLs into floats, and costs a DataFrame per chunk).
-    """
-    with closing(hook.get_conn()) as conn:
-        cursor = conn.cursor(name="stream_rows") if hook.dialect_name == "postgresql" else conn.cursor()
-        with closing(cursor) as cur:
-            if hook.dialect_name == "postgresql":
-                cur.itersize = chunk_rows
-            if parameters:
-                cur.execute(sql, parameters)
-            else:  # psycopg would read any '%' in an unparameterised statement as a placeholder
-                cur.execute(sql)
-            columns = [column[0] for column in cur.description]
-            while rows := cur.fetchmany(chunk_rows):
-                yield columns, rows
-
-
-def bulk_insert(
-    conn: Any, placeholder: str, table: str, fields: Sequence[str], rows: Sequence[Sequence[Any]]
-) -> None:
-    """Append rows on an open connection, in the caller's transaction: COPY on PostgreSQL
-    (psycopg 3), one ``executemany`` elsewhere."""
-    if not rows:
-        return
-    columns = ", ".join(fields)
-    with closing(conn.cursor()) as cur:
-        if hasattr(cur, "copy"):  # psycopg 3
-            with cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-        else:
-            cur.executemany(
-                f"INSERT INTO {table} ({columns}) VALUES ({', '.join([placeholder] * len(fields))})", rows
-            )
-
-
-def in_values(dialect: str, placeholder: str, column: str, values: Iterable[Any]) -> tuple[str, list[Any]]:
-    """``column IN (values)`` as one bound parameter where the database allows it (a JSON array
-    in SQLite, an array in PostgreSQL), so a chunk of tens of thousands stays one statement."""
-    values = list(values)
-    if dialect == "sqlite":
-        return f"{column} IN (SELECT value FROM json_each({placeholder}))", [json.dumps(values)]
-    if dialect == "postgresql":
-        return f"{column} = ANY({placeholder})", [values]
-    return f"{column} IN ({', '.join([placeholder] * len(values))})", values
-
-
-def fetch_dicts(hook: DbApiHook, sql: str, parameters: Sequence[Any]) -> list[dict[str, Any]]:
-    with closing(hook.get_conn()) as conn, closing(conn.cursor()) as cur:
-        cur.execute(sql, parameters)
-        names = [column[0] for column in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]

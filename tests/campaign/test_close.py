@@ -6,7 +6,8 @@ import pytest
 
 from demo.audience import create_recipients_table
 from include.campaign import ledger
-from include.campaign.tasks import plan_campaign, send_batch
+from include.campaign.plan import plan_campaign
+from include.campaign.send import send_batch
 from tests.dags.test_suppressions import PARAMS
 
 
@@ -16,7 +17,7 @@ class TestCloseLedger:
     ):
         from airflow.exceptions import AirflowException
 
-        from include.campaign.tasks import close_ledger
+        from include.campaign.close import close_ledger
 
         create_recipients_table(warehouse, "recipients", 30)
         params = {**PARAMS, "campaign_id": "c1"}

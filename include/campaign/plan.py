@@ -1,0 +1,296 @@
+"""The plan task: what a run sends, decided before anything is sent.
+
+A new campaign is read from its recipients table a chunk at a time, screened, packed into
+batches against the account's caps and staged (``staging``); a campaign that has sent before
+is resumed from its ledger instead, its passed slots re-placed. Either way the quota
+pre-flight (``quota``) decides which of the batches this run maps.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from include.campaign import definition, halts, ledger, preview, provider, staging
+from include.campaign.audience import REQUIRED_COLUMNS
+from include.campaign.planner import BatchPacker, hour_floor, place_whole_batches
+from include.campaign.quota import within_quota
+from include.campaign.settings import RETRY_FAILED, CampaignSettings, for_task
+from include.campaign.staging import ChunkedPlan, TooManyBatches
+from include.warehouse import (
+    REJECTED_TABLE,
+    WarehouseInputError,
+    count_rows,
+    ensure_schema,
+    get_warehouse_hook,
+    parse_utc,
+    quote_table,
+    stream_rows,
+    table_columns,
+    utc_text,
+)
+
+log = logging.getLogger(__name__)
+
+# Rows read, screened and written per transaction: large enough that per-statement costs vanish,
+# small enough that memory stays flat (a chunk is a few MB).
+CHUNK_ROWS = 10_000
+
+
+def _was_attempted(entries: list[dict[str, Any]]) -> bool:
+    """Whether any batch may have reached the provider; until then a plan can be replaced freely."""
+    return any(r["status"] != ledger.PLANNED or r["attempts"] for r in entries)
+
+
+def max_map_length() -> int:
+    """Airflow's ceiling on one run's mapped tasks, so one batch per task (``[core] max_map_length``)."""
+    from airflow.sdk.configuration import conf
+
+    return conf.getint("core", "max_map_length", fallback=1024)
+
+
+def plan_campaign(
+    params: dict[str, Any],
+    *,
+    dag_id: str | None = None,
+    run_id: str = "",
+    logical_date: datetime | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+    max_batches: int | None = None,
+) -> list[dict[str, Any]]:
+    """Plan the run's batches; returns only small batch descriptors (recipients stay in the warehouse).
+
+    Every run converges on "each valid recipient scheduled exactly once". ``mode=send``
+    plans a new campaign from the recipients table; for a campaign already attempted
+    with the same definition it resumes instead, exactly as ``mode=retry_failed`` does
+    (the batches not yet at the provider, as first planned). A different definition
+    under the same campaign_id is refused before anything is read or sent.
+    """
+    settings = for_task(params, dag_id, logical_date)
+    campaign_id = settings.campaign_id
+    max_batches = max_map_length() if max_batches is None else max_batches
+    hook = get_warehouse_hook()
+    ensure_schema(hook)
+    staging.clear_abandoned_plans(hook)
+    if run_id and halts.lift(hook, campaign_id, run_id):
+        log.info("Run %s was halted and is planned again (cleared): its halt is lifted", run_id)
+    entries = ledger.rows(hook, campaign_id)
+    recorded = definition.read(hook, campaign_id)
+    if recorded and recorded["status"] in ledger.UNFINISHED_PLANS and not _was_attempted(entries):
+        entries = []  # a plan that never finished: none of it is the campaign's
+    if settings.mode != RETRY_FAILED and not _was_attempted(entries):
+        return _plan_new_within_quota(hook, settings, dag_id or "", run_id, chunk_rows, max_batches)
+    current = definition.of(settings)
+    recorded = _resumable_definition(settings, entries, recorded, current)
+    if recorded is None:  # planned before email_campaigns existed: its definition is what this run says
+        definition.record(hook, campaign_id, current, dag_id=dag_id or "", run_id=run_id, dry_run=False)
+    return within_quota(hook, settings, _plan_resume(hook, settings, entries, max_batches), new_plan=False)
+
+
+def _plan_new_within_quota(
+    hook, settings: CampaignSettings, dag_id: str, run_id: str, chunk_rows: int, max_batches: int
+) -> list[dict[str, Any]]:
+    """A new plan and its quota pre-flight. Until both are done the plan is ``planning`` and
+    holds nothing for other campaigns; if either fails, its batches and staged recipients go."""
+    campaign_id = settings.campaign_id
+    try:
+        batches = _plan_new(hook, settings, dag_id, run_id, chunk_rows, max_batches)
+        if settings.dry_run:
+            preview.log_preview(hook, campaign_id, batches)
+        batches = within_quota(hook, settings, batches, new_plan=True)
+        definition.finish_plan(hook, campaign_id, settings.dry_run)
+    except BaseException:
+        try:
+            staging.abandon_plan(hook, campaign_id)
+        except Exception:  # the warehouse is gone too: the next plan clears it (clear_abandoned_plans)
+            log.exception("Could not clear campaign %s's unfinished plan", campaign_id)
+        raise
+    return batches
+
+
+def _resumable_definition(
+    settings: CampaignSettings,
+    entries: list[dict[str, Any]],
+    recorded: dict[str, Any] | None,
+    current: dict[str, Any],
+) -> dict[str, Any] | None:
+    """Check that this run may resume the campaign; returns its recorded row (None if it has none).
+
+    ``mode=retry_failed`` always sends what was first planned, whatever the run's Params say;
+    ``mode=send`` resumes only a campaign of the same definition, and never as a dry run.
+    """
+    campaign_id = settings.campaign_id
+    changed = definition.differences(recorded["definition"], current) if recorded else []
+    if settings.mode == RETRY_FAILED:
+        if not entries:
+            raise AirflowFailException(
+                f"campaign {campaign_id!r} has no ledger to resume; plan and send it with mode=send first"
+            )
+        if changed:
+            log.warning(
+                "mode=retry_failed sends campaign %s as first planned; the run's %s differ and are not used",
+                campaign_id,
+                ", ".join(changed),
+            )
+        return recorded
+    if changed:
+        raise AirflowFailException(
+            f"campaign {campaign_id!r} was first planned (run {recorded['planned_by_run']}) with "
+            f"another {', '.join(changed)}; a campaign's definition cannot change once it has sent. "
+            "Rerun it with its first definition to finish it, or give the new one a new campaign_id."
+        )
+    if settings.dry_run:
+        raise AirflowFailException(
+            f"campaign {campaign_id!r} has already sent batches, so a dry run cannot plan it afresh; "
+            "use a new campaign_id to preview a new campaign"
+        )
+    log.info("Campaign %s was planned before with this definition: finishing it", campaign_id)
+    return recorded
+
+
+def _descriptor(batch_number: int, batch_count: int, send_at: str, recipient_count: int) -> dict[str, Any]:
+    return {
+        "batch_number": batch_number,
+        "batch_count": batch_count,
+        "send_at": send_at,
+        "recipient_count": recipient_count,
+    }
+
+
+def _too_many_batches(campaign_id: str, batches: str, limit: int) -> AirflowFailException:
+    return AirflowFailException(
+        f"campaign {campaign_id!r} needs {batches} batches, more than one run can map "
+        f"([core] max_map_length = {limit:,}); nothing was kept or sent. Ways out: raise "
+        "[core] max_map_length (AIRFLOW__CORE__MAX_MAP_LENGTH, on the scheduler, API server and workers); "
+        "send larger batches (max_batch_size up to 1,000, where hourly_cap allows); or split the audience "
+        "into several campaigns (a table or view per part, each with its own campaign_id)."
+    )
+
+
+def _too_many_to_map(hook, settings: CampaignSettings, staged: int, limit: int) -> AirflowFailException:
+    """Remove the partial plan (the batch count is only known by packing) and say what it needs."""
+    staging.clear_plan(hook, settings.campaign_id)
+    rows = count_rows(hook, settings.recipients_table)
+    per_batch = staged / limit  # as packed so far; rejected rows make the estimate high
+    estimate = max(limit + 1, math.ceil(rows / per_batch))
+    needs = f"about {estimate:,} ({rows:,} rows, {per_batch:,.0f} recipients per batch so far)"
+    return _too_many_batches(settings.campaign_id, needs, limit)
+
+
+def _plan_resume(hook, settings: CampaignSettings, entries: list[dict[str, Any]], max_batches: int):
+    """The campaign's unsent batches, with the same recipients and keys; passed slots re-placed.
+
+    The audience is frozen at the first plan: the recipients table is not read again.
+    """
+    campaign_id = settings.campaign_id
+    pending = [r for r in entries if r["status"] not in ledger.SENT_STATUSES]
+    if not pending:
+        log.info(
+            "Every batch of campaign %s (%d) is already at the provider: nothing to send",
+            campaign_id,
+            len(entries),
+        )
+        return []
+    if len(pending) > max_batches:
+        raise _too_many_batches(campaign_id, f"{len(pending):,} unsent", max_batches)
+    now = settings.start_at
+    passed, kept = [], []
+    for r in pending:
+        (passed if hour_floor(parse_utc(r["send_at"])) < hour_floor(now) else kept).append(r)
+    # Slots are the account's: what is at the provider and the unsent batches kept in their slots count.
+    occupied = Counter(ledger.occupied_slots(hook, now, campaign_id))
+    for r in kept:
+        occupied[parse_utc(r["send_at"])] += r["recipient_count"]
+    try:
+        new_slots = place_whole_batches([r["recipient_count"] for r in passed], settings.caps, now, occupied)
+    except ValueError as err:
+        raise AirflowFailException(
+            f"cannot re-place campaign {campaign_id!r}'s batches: {err}; resume with caps that fit a batch"
+        ) from err
+    for r, send_at in zip(passed, new_slots, strict=True):
+        ledger.reschedule(hook, campaign_id, r["batch_number"], send_at)
+        r["send_at"] = utc_text(send_at)
+    log.info(
+        "Resuming campaign %s: %d of %d batches not sent (%d re-placed from passed slots)",
+        campaign_id,
+        len(pending),
+        len(entries),
+        len(passed),
+    )
+    return [_descriptor(r["batch_number"], len(entries), r["send_at"], r["recipient_count"]) for r in pending]
+
+
+def _plan_new(
+    hook, settings: CampaignSettings, dag_id: str, run_id: str, chunk_rows: int, max_batches: int
+) -> list[dict[str, Any]]:
+    """Record the campaign's definition (``planning``), then stream the recipients, screen them,
+    stage them in batches and write the planned ledger; an earlier plan that sent nothing is
+    replaced."""
+    campaign_id = settings.campaign_id
+    try:
+        columns = table_columns(hook, settings.recipients_table)
+        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        if missing:
+            raise WarehouseInputError(
+                f"table {settings.recipients_table!r} lacks column(s) {', '.join(missing)}; "
+                f"it has {', '.join(columns)}"
+            )
+    except WarehouseInputError as err:
+        raise AirflowFailException(str(err)) from err
+    staging.clear_plan(hook, campaign_id)
+    # Recorded before the first row is written, so every row of this plan is known unfinished.
+    definition.record(
+        hook,
+        campaign_id,
+        definition.of(settings),
+        dag_id=dag_id,
+        run_id=run_id,
+        dry_run=settings.dry_run,
+        status=definition.PLANNING,
+    )
+
+    occupied = ledger.occupied_slots(hook, settings.start_at, campaign_id)
+    packer = BatchPacker(settings.caps, settings.start_at, occupied)
+    sql = f"SELECT * FROM {quote_table(settings.recipients_table)} ORDER BY recipient_id, email"
+    overflow = None
+    if settings.ignore_suppressions:
+        log.warning("ignore_suppressions is set: suppressed addresses are planned like any other")
+    with ChunkedPlan(
+        hook, campaign_id, packer, max_batches, provider.batch_key, not settings.ignore_suppressions
+    ) as plan:
+        try:
+            for columns, rows in stream_rows(hook, sql, chunk_rows):
+                plan.add(columns, rows)
+            plan.finish()
+        except TooManyBatches as err:
+            overflow = err.staged
+    if overflow is not None:
+        raise _too_many_to_map(hook, settings, overflow, max_batches)
+    read, rejected, staged = plan.read, plan.rejected, plan.staged
+
+    if read == 0:
+        raise AirflowFailException(f"table {settings.recipients_table!r} is empty: nothing to send")
+    batches = plan.batches
+    if not batches:
+        raise AirflowFailException(
+            f"none of the {read} recipients in {settings.recipients_table!r} can be sent to; "
+            f"the reasons are in {REJECTED_TABLE} (campaign_id {campaign_id!r})"
+        )
+    log.info(
+        "Planned campaign %s: %d recipients read, %d rejected, %d staged in %d batches from %s to %s",
+        campaign_id,
+        read,
+        rejected,
+        staged,
+        len(batches),
+        utc_text(batches[0].send_at),
+        utc_text(batches[-1].send_at),
+    )
+    return [
+        _descriptor(b.batch_number, len(batches), utc_text(b.send_at), b.recipient_count) for b in batches
+    ]
