@@ -25,6 +25,7 @@ from include.warehouse import (
     EVENTS_TABLE,
     REJECTED_TABLE,
     STAGING_TABLE,
+    SUPPRESSION_REASONS,
     SUPPRESSIONS_TABLE,
     in_values,
     normalized_email_sql,
@@ -39,8 +40,10 @@ SUPPRESSED, SUPPRESSED_AFTER_PLAN = "suppressed", "suppressed_after_plan"
 
 
 # The events that suppress, and the reason each gives; update_from_events' SQL is built from these.
-ALWAYS_SUPPRESS = {"complained": "complaint", "unsubscribed": "unsubscribe"}
-HARD_BOUNCE = "hard_bounce"  # a "bounced" event whose bounce_type is "hard"
+# The reasons are the table's (its CHECK constraint lists them); manual is an operator's INSERT.
+HARD_BOUNCE, COMPLAINT, UNSUBSCRIBE, MANUAL = SUPPRESSION_REASONS
+ALWAYS_SUPPRESS = {"complained": COMPLAINT, "unsubscribed": UNSUBSCRIBE}
+# HARD_BOUNCE: a "bounced" event whose bounce_type is "hard"; a soft or unspecified bounce never suppresses.
 
 
 def _active(dialect: str) -> str:

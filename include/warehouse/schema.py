@@ -26,6 +26,7 @@ EVENTS_QUARANTINE_TABLE = "email_events_quarantine"
 DELIVERIES_TABLE = "email_batch_deliveries"
 CAMPAIGNS_TABLE = "email_campaigns"
 SUPPRESSIONS_TABLE = "email_suppressions"
+# In this order: campaign/suppressions.py unpacks them by name.
 SUPPRESSION_REASONS = ("hard_bounce", "complaint", "unsubscribe", "manual")
 
 # Delivery webhook events as received, one row per event. The contract numbers events within a
@@ -168,7 +169,7 @@ def _suppressions_schema(dialect: str) -> tuple[str, ...]:
     return (
         f"""CREATE TABLE IF NOT EXISTS {SUPPRESSIONS_TABLE} (
             email TEXT NOT NULL,
-            reason TEXT NOT NULL DEFAULT 'manual' CHECK (reason IN ({reasons})),
+            reason TEXT NOT NULL DEFAULT '{SUPPRESSION_REASONS[-1]}' CHECK (reason IN ({reasons})),
             campaign_id TEXT,
             event_id TEXT,
             note TEXT,

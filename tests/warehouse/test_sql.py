@@ -1,4 +1,4 @@
-"""The warehouse helpers the planner and the batch tasks lean on, on SQLite and PostgreSQL."""
+"""``include.warehouse.sql``: the helpers the planner and the tasks lean on, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -6,7 +6,19 @@ from contextlib import closing
 
 import pytest
 
-from include.warehouse import bulk_insert, ensure_schema, fetch_dicts, in_values, one_connection, stream_rows
+from include.warehouse import (
+    WarehouseInputError,
+    bulk_insert,
+    count_rows,
+    ensure_schema,
+    fetch_dicts,
+    in_values,
+    insert_once,
+    one_connection,
+    parse_utc,
+    stream_rows,
+    utc_text,
+)
 
 
 @pytest.fixture
@@ -85,3 +97,29 @@ class TestOneConnection:
             ]
 
         assert opened == [1]
+
+
+class TestSmallHelpers:
+    def test_insert_once_inserts_the_first_row_of_a_key_only(self, warehouse):
+        warehouse.run(["CREATE TABLE claims (k TEXT, kind TEXT, n INTEGER, PRIMARY KEY (k, kind))"])
+
+        assert insert_once(warehouse, "claims", {"k": "a", "kind": "x", "n": 1}, key=("k", "kind"))
+        assert not insert_once(warehouse, "claims", {"k": "a", "kind": "x", "n": 2}, key=("k", "kind"))
+        assert insert_once(warehouse, "claims", {"k": "a", "kind": "y", "n": 3}, key=("k", "kind"))
+        assert fetch_dicts(warehouse, "SELECT k, kind, n FROM claims ORDER BY kind", ()) == [
+            {"k": "a", "kind": "x", "n": 1},
+            {"k": "a", "kind": "y", "n": 3},
+        ]
+
+    def test_count_rows_quotes_the_name_and_refuses_anything_else(self, numbers):
+        assert count_rows(numbers, "numbers") == 23
+        with pytest.raises(WarehouseInputError):
+            count_rows(numbers, "numbers; DROP TABLE numbers")
+
+    @pytest.mark.parametrize(
+        "text", ["2026-12-07T09:00:00Z", "2026-12-07T10:00:00+01:00", "2026-12-07T09:00:00+00:00"]
+    )
+    def test_parse_utc_reads_what_utc_text_writes_and_any_offset(self, text):
+        moment = parse_utc(text)
+        assert utc_text(moment) == "2026-12-07T09:00:00Z"
+        assert parse_utc(utc_text(moment)) == moment
