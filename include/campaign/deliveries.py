@@ -127,9 +127,4 @@ def reconcile_open_campaigns(source: str = "webhooks") -> dict[str, dict[str, in
     added = suppressions.update_from_events(hook)
     if added:
         log.info("Suppressed %d more addresses (hard bounces, complaints, unsubscribes)", added)
-    campaigns = fetch_dicts(
-        hook,
-        f"SELECT DISTINCT campaign_id FROM {LEDGER_TABLE} WHERE status = {hook.placeholder}",
-        (ledger.SCHEDULED,),
-    )
-    return {c["campaign_id"]: reconcile(hook, c["campaign_id"], source) for c in campaigns}
+    return {c: reconcile(hook, c, source) for c in ledger.campaigns_with(hook, ledger.SCHEDULED)}

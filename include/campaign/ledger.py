@@ -148,6 +148,17 @@ def rows(hook: DbApiHook, campaign_id: str, with_recipient_ids: bool = False) ->
     )
 
 
+def campaigns_with(hook: DbApiHook, status: str) -> list[str]:
+    """The campaigns that have a batch in ``status``."""
+    found = fetch_dicts(
+        hook,
+        f"SELECT DISTINCT campaign_id FROM {LEDGER_TABLE} WHERE status = {hook.placeholder} "
+        "ORDER BY campaign_id",
+        (status,),
+    )
+    return [r["campaign_id"] for r in found]
+
+
 def row(hook: DbApiHook, campaign_id: str, batch_number: int) -> dict[str, Any] | None:
     found = fetch_dicts(
         hook,
