@@ -13,6 +13,11 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from include.campaign.settings import campaign_params
+
+# The campaign's Params, read from the code: the README's Params table must document each of them.
+DOCUMENTED_PARAMS: tuple[str, ...] = tuple(campaign_params())
+
 
 def sends(sandbox) -> list[dict[str, Any]]:
     """Every POST the sandbox logged (a bulk send), in order, whatever its answer."""
