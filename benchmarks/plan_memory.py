@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -139,7 +140,12 @@ def _run_child(role: str, size: int, max_batch_size: int, connection: dict, work
 
 
 def measure(size: int, kind: str, naive: bool, max_batch_size: int = 1000) -> dict:
-    workdir = Path(tempfile.mkdtemp(prefix="plan-bench-"))
+    # The work folder (the SQLite warehouse, the children's AIRFLOW_HOME) is removed however this ends.
+    with tempfile.TemporaryDirectory(prefix="plan-bench-") as tmp:
+        return _measure_in(Path(tmp), size, kind, naive, max_batch_size)
+
+
+def _measure_in(workdir: Path, size: int, kind: str, naive: bool, max_batch_size: int) -> dict:
     connection = _create_warehouse(kind, workdir)
     try:
         _run_child("seed", size, max_batch_size, connection, workdir)
@@ -170,6 +176,10 @@ def measure(size: int, kind: str, naive: bool, max_batch_size: int = 1000) -> di
         _drop_warehouse(connection)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -183,6 +193,9 @@ def main() -> None:
         role, size, batch = args.child
         print(json.dumps(_child(role, int(size), int(batch))))
         return
+    # A SIGTERM ends the run as Ctrl-C does: through the finally blocks that remove its work folders
+    # and databases (subprocess.run kills the running child first).
+    signal.signal(signal.SIGTERM, _terminate)
     naive = not args.no_naive
     if not args.json:
         print(f"warehouse: {args.warehouse}")

@@ -177,6 +177,18 @@ class CampaignRun:
         return next(ti for ti in self.task_instances if ti.task_id == task_id and ti.map_index == map_index)
 
 
+AUDIENCE = 30  # three batches of 10 at the DAG tests' max_batch_size
+
+
+@pytest.fixture
+def audience(warehouse):
+    """The warehouse, with a ``recipients`` table of ``AUDIENCE`` valid rows (no bad ones)."""
+    from demo.audience import create_recipients_table
+
+    create_recipients_table(warehouse, "recipients", AUDIENCE)
+    return warehouse
+
+
 SCENARIO_REPORT: list[dict] = []
 
 

@@ -21,15 +21,10 @@ from include.campaign.alerts import ALERTS_CONN_ID, CampaignHaltNotifier
 from include.migosmtp.client import QuotaExceeded, RequestRejected, ServerError
 from include.warehouse import ensure_schema
 from tests.conftest import ChatWebhook
+from tests.helpers import MINIMAL_PARAMS
 
 TOKEN = "tok3n-s3cr3t-0123456789"
-PARAMS = {
-    "campaign_id": "c1",
-    "recipients_table": "members",
-    "from_email": "news@example.com",
-    "subject": "Hi",
-    "html_body": "<p>Hi</p>",
-}
+PARAMS = MINIMAL_PARAMS
 OVER_QUOTA = "MigoSMTP quota exceeded (402 quota_exceeded): over."
 
 

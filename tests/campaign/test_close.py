@@ -8,7 +8,7 @@ from demo.audience import create_recipients_table
 from include.campaign import ledger
 from include.campaign.plan import plan_campaign
 from include.campaign.send import send_batch
-from tests.dags.test_suppressions import PARAMS
+from tests.helpers import SMALL_CAMPAIGN as PARAMS
 
 
 class TestCloseLedger:

@@ -14,14 +14,9 @@ from include.campaign.quota import QuotaCheckFailed, QuotaProjection, split_to_f
 from include.campaign.settings import CampaignSettings
 from include.warehouse import ensure_schema, fetch_dicts
 from tests.conftest import point_migosmtp_at
+from tests.helpers import MINIMAL_PARAMS
 
-PARAMS = {
-    "campaign_id": "c1",
-    "recipients_table": "members",
-    "from_email": "news@example.com",
-    "subject": "Hi",
-    "html_body": "<p>Hi</p>",
-}
+PARAMS = MINIMAL_PARAMS
 SEND_AT = datetime.now(UTC) + timedelta(days=1)
 
 

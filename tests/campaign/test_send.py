@@ -12,19 +12,9 @@ from include.campaign.plan import plan_campaign
 from include.campaign.send import send_batch
 from include.migosmtp.client import OutcomeUnknown, QuotaExceeded, RequestRejected
 from include.warehouse import STAGING_TABLE
+from tests.helpers import SMALL_CAMPAIGN, sends
 
-PARAMS = {
-    "campaign_id": "c1",
-    "recipients_table": "recipients",
-    "from_email": "news@example.com",
-    "subject": "Hello {{first_name}}",
-    "html_body": "<p>Hi {{first_name}}</p>",
-    "text_body": "Hi {{first_name}}",
-    "max_batch_size": 10,
-    "hourly_cap": 1000,
-    "daily_cap": 1000,
-    "quota_policy": "ignore",
-}
+PARAMS = {**SMALL_CAMPAIGN, "campaign_id": "c1"}
 
 
 @pytest.fixture
@@ -32,10 +22,6 @@ def planned(airflow_db, warehouse, clean_sandbox):
     """Campaign c1 planned in run r1: 25 recipients in batches of 10, 10 and 5."""
     create_recipients_table(warehouse, "recipients", 25)
     return plan_campaign(PARAMS, run_id="r1")
-
-
-def posts(sandbox) -> list[dict]:
-    return [r for r in sandbox.requests() if r["method"] == "POST" and r["path"] == "/v1/email/send/bulk"]
 
 
 def status(hook, number: int) -> dict:
@@ -50,7 +36,7 @@ class TestSend:
         row = status(warehouse, 1)
         assert (row["status"], row["attempts"], row["batch_id"]) == ("scheduled", 1, result["batch_id"])
         assert (result["resent"], again["resent"], again["batch_id"]) == (True, False, result["batch_id"])
-        [post] = posts(clean_sandbox)
+        [post] = sends(clean_sandbox)
         assert post["idempotency_key"] == row["idempotency_key"]
         [stored] = clean_sandbox.record()["batches"]
         assert len(stored["recipients"]) == 10 and stored["subject"] == PARAMS["subject"]
@@ -71,13 +57,13 @@ class TestSend:
 
         result = send_batch(planned[0], PARAMS, "r1")
 
-        assert len(posts(clean_sandbox)) == 1 and len(clean_sandbox.record()["batches"]) == 1
+        assert len(sends(clean_sandbox)) == 1 and len(clean_sandbox.record()["batches"]) == 1
         assert status(warehouse, 1)["status"] == "scheduled" and result["batch_id"]
 
     def test_a_dry_run_sends_nothing(self, planned, clean_sandbox):
         with pytest.raises(AirflowSkipException, match="dry run"):
             send_batch(planned[0], {**PARAMS, "dry_run": True}, "r1")
-        assert posts(clean_sandbox) == []
+        assert sends(clean_sandbox) == []
 
     def test_a_batch_that_was_not_planned_fails(self, planned):
         with pytest.raises(AirflowFailException, match="batch 9 of campaign 'c1' was not planned"):
@@ -87,7 +73,7 @@ class TestSend:
         warehouse.run(f"DELETE FROM {STAGING_TABLE} WHERE batch_number = 1 AND position = 1")
         with pytest.raises(AirflowFailException, match="9 staged recipients but the ledger planned 10"):
             send_batch(planned[0], PARAMS, "r1")
-        assert posts(clean_sandbox) == [] and status(warehouse, 1)["attempts"] == 0
+        assert sends(clean_sandbox) == [] and status(warehouse, 1)["attempts"] == 0
 
 
 class TestFailures:
@@ -103,7 +89,7 @@ class TestFailures:
         with pytest.raises(AirflowSkipException, match="halted by batch 1"):
             send_batch(planned[1], PARAMS, "r1")
         assert status(warehouse, 2)["status"] == "halted" and status(warehouse, 2)["attempts"] == 0
-        assert len(posts(clean_sandbox)) == 1
+        assert len(sends(clean_sandbox)) == 1
         # The halt is the run's: another run of the campaign is not halted by it.
         assert send_batch(planned[1], PARAMS, "r2")["resent"] is True
 

@@ -7,6 +7,7 @@ validation (the JSON-schema Airflow applies to a trigger's conf), and
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,24 +17,10 @@ from airflow.sdk.exceptions import ParamValidationError
 
 from include.campaign.planner import PlanCaps
 from include.campaign.settings import CampaignSettings, CampaignSettingsError, campaign_params
+from tests.conftest import REPO_ROOT
+from tests.helpers import DOCUMENTED_PARAMS
 
 NOW = datetime(2026, 11, 28, 18, 4, 5, tzinfo=UTC)
-DOCUMENTED_PARAMS = {
-    "campaign_id",
-    "recipients_table",
-    "from_email",
-    "subject",
-    "html_body",
-    "text_body",
-    "hourly_cap",
-    "daily_cap",
-    "max_batch_size",
-    "start_at",
-    "dry_run",
-    "mode",
-    "quota_policy",
-    "ignore_suppressions",
-}
 DEFAULTS = {
     "recipients_table": "recipients",
     "from_email": "newsletter@example.com",
@@ -49,6 +36,27 @@ DEFAULTS = {
     "quota_policy": "refuse",
     "ignore_suppressions": False,
 }
+
+
+README = REPO_ROOT / "README.md"
+
+
+def readme_params_table() -> list[tuple[tuple[str, ...], str]]:
+    """The README's Params table: each row's Params (a row may name several) and its default cell."""
+    section = README.read_text().split("### Params", 1)[1].split("\n###", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            first, default = (cell.strip() for cell in line.strip("|").split("|")[:2])
+            rows.append((tuple(re.findall(r"`(\w+)`", first)), default))
+    return rows
+
+
+def readme_default(value: Any) -> str:
+    """A default as the README's table writes it: booleans and numbers plain, strings as code."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value) if isinstance(value, int) else f"`{value}`"
 
 
 def params(**overrides: Any) -> dict[str, Any]:
@@ -198,8 +206,24 @@ class TestCampaignSettingsFromParams:
 
 
 class TestCampaignParams:
-    def test_the_documented_params_and_no_others(self):
-        assert set(campaign_params()) == DOCUMENTED_PARAMS
+    def test_the_readme_documents_every_param_once_and_no_others(self):
+        documented = [name for names, _ in readme_params_table() for name in names]
+
+        assert sorted(documented) == sorted(DOCUMENTED_PARAMS)
+
+    def test_the_readme_gives_the_default_of_each_param_in_a_row_of_its_own(self):
+        params_ = campaign_params()
+        shown = {
+            names[0]: default
+            for names, default in readme_params_table()
+            if len(names) == 1 and names[0] != "campaign_id" and params_[names[0]].value is not None
+        }
+
+        assert len(shown) == 8  # every Param but the message's four, campaign_id and start_at
+        assert shown == {name: readme_default(params_[name].value) for name in shown}
+
+    def test_every_param_has_its_default_pinned_here(self):
+        assert sorted(DOCUMENTED_PARAMS) == sorted(["campaign_id", *DEFAULTS])
 
     def test_campaign_id_is_required_and_has_no_default(self):
         campaign_id = campaign_params()["campaign_id"]

@@ -15,6 +15,7 @@ from demo.audience import create_recipients_table, sample_rows
 from include.campaign import definition
 from include.campaign.ledger import rows as ledger_rows
 from tests.conftest import DAY, NEXT_DAY
+from tests.helpers import sends
 
 ARTICLE_CONF = {"start_at": f"{DAY}T14:00:00Z", "hourly_cap": 150, "daily_cap": 1500}
 SUBJECT = "Hi {{first_name}}, {{segment}} news"
@@ -24,10 +25,6 @@ TEXT = "Hello {{first_name}}"
 
 def ledger_by_batch(warehouse, campaign_id="c1"):
     return {r["batch_number"]: r for r in ledger_rows(warehouse, campaign_id, with_recipient_ids=True)}
-
-
-def sends(sandbox):
-    return [r for r in sandbox.requests() if r["method"] == "POST"]
 
 
 class TestArticleCampaign:

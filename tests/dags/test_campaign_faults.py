@@ -10,23 +10,12 @@ import time
 from collections import Counter
 from datetime import timedelta
 
-import pytest
-
 from demo.audience import create_recipients_table
 from include.campaign.ledger import rows as ledger_rows
 from tests.conftest import DAY, load_campaign_dag, point_migosmtp_at
+from tests.helpers import assert_ledger_matches_sandbox, sends
 
 SMALL = {"max_batch_size": 10, "hourly_cap": 1000, "daily_cap": 1000, "start_at": f"{DAY}T09:00:00Z"}
-
-
-@pytest.fixture
-def audience(warehouse):
-    create_recipients_table(warehouse, "recipients", 30)
-    return warehouse
-
-
-def posts(sandbox):
-    return [r for r in sandbox.requests() if r["method"] == "POST"]
 
 
 def ledger(warehouse):
@@ -38,10 +27,9 @@ def assert_each_recipient_scheduled_once(sandbox, expected: int = 30):
     assert sum(received.values()) == len(received) == expected
 
 
-def assert_ledger_matches_sandbox(warehouse, sandbox):
-    sent = {b["idempotency_key"]: b["batch_id"] for b in sandbox.record()["batches"]}
-    scheduled = {r["idempotency_key"]: r["batch_id"] for r in ledger(warehouse) if r["status"] == "scheduled"}
-    assert scheduled == sent
+def assert_ledger_is_the_sandbox(warehouse, sandbox):
+    rows = ledger_rows(warehouse, "c1", with_recipient_ids=True)
+    assert_ledger_matches_sandbox(rows, sandbox.record(), sandbox.requests(), "c1")
 
 
 class TestServerErrors:
@@ -51,10 +39,10 @@ class TestServerErrors:
         run = run_campaign(**SMALL)
 
         assert run.state == "success"
-        assert [r["status_code"] for r in posts(sandbox)].count(503) == 2
-        assert len(posts(sandbox)) == 5
+        assert [r["status_code"] for r in sends(sandbox)].count(503) == 2
+        assert len(sends(sandbox)) == 5
         assert_each_recipient_scheduled_once(sandbox)
-        assert_ledger_matches_sandbox(audience, sandbox)
+        assert_ledger_is_the_sandbox(audience, sandbox)
         assert sum(r["attempts"] for r in ledger(audience)) == 5
 
     def test_5xx_that_persist_fail_the_batch_after_three_retries(self, run_campaign, warehouse, sandbox):
@@ -66,7 +54,7 @@ class TestServerErrors:
         assert run.state == "failed"
         assert run.states("send_batch") == ["failed"]
         assert run.states("close_ledger") == ["failed"]
-        assert len(posts(sandbox)) == 4  # the first try and 3 retries, as the article says
+        assert len(sends(sandbox)) == 4  # the first try and 3 retries, as the article says
         assert run.task("send_batch", 0).try_number == 4
         [row] = ledger(warehouse)
         assert row["status"] == "failed" and row["attempts"] == 4
@@ -89,10 +77,10 @@ class TestRateLimit:
         run = run_campaign(**SMALL)
 
         assert run.state == "success"
-        assert [r["status_code"] for r in posts(sandbox)] == [429, 429, 500, 500, 500, 202]
+        assert [r["status_code"] for r in sends(sandbox)] == [429, 429, 500, 500, 500, 202]
         assert run.task("send_batch", 0).try_number == 6
         assert_each_recipient_scheduled_once(sandbox, 10)
-        assert_ledger_matches_sandbox(warehouse, sandbox)
+        assert_ledger_is_the_sandbox(warehouse, sandbox)
 
 
 class TestErrorsThatMustNotBeRetried:
@@ -113,7 +101,7 @@ class TestErrorsThatMustNotBeRetried:
         assert all(
             r["last_error"].startswith("not sent: the run was halted") for r in rows if r is not failed
         )
-        assert len(posts(sandbox)) == 1  # no retry, and no other batch called the API
+        assert len(sends(sandbox)) == 1  # no retry, and no other batch called the API
         assert sandbox.record()["batches"] == []
 
     def test_the_real_monthly_quota_running_out_part_way(self, run_campaign, audience, sandbox):
@@ -125,7 +113,7 @@ class TestErrorsThatMustNotBeRetried:
         assert run.state == "failed"
         statuses = [r["status"] for r in ledger(audience)]
         assert statuses.count("scheduled") == 2 and statuses.count("failed") == 1
-        assert len(posts(sandbox)) == 3
+        assert len(sends(sandbox)) == 3
         assert_each_recipient_scheduled_once(sandbox, 20)
 
     def test_401_wrong_key_fails_once_and_halts_the_run(self, run_campaign, audience, sandbox, monkeypatch):
@@ -136,7 +124,7 @@ class TestErrorsThatMustNotBeRetried:
 
         assert run.state == "failed"
         assert sorted(run.states("send_batch")) == ["failed", "skipped", "skipped"]
-        assert [r["status_code"] for r in posts(sandbox)] == [401]
+        assert [r["status_code"] for r in sends(sandbox)] == [401]
         [failed] = [r for r in ledger(audience) if r["status"] == "failed"]
         assert "migosmtp_default" in failed["last_error"] and "wrong" not in failed["last_error"]
         assert sandbox.record()["batches"] == []
@@ -151,7 +139,7 @@ class TestErrorsThatMustNotBeRetried:
         assert run.task("send_batch", 0).try_number == 1
         [row] = ledger(warehouse)
         assert row["status"] == "failed" and "html is too large" in row["last_error"]
-        assert len(posts(sandbox)) == 1
+        assert len(sends(sandbox)) == 1
 
 
 class TestNoAnswer:
@@ -163,8 +151,8 @@ class TestNoAnswer:
 
         assert run.state == "success"
         assert run.task("send_batch", 0).try_number == 1
-        assert len(posts(sandbox)) == 1
-        assert_ledger_matches_sandbox(warehouse, sandbox)
+        assert len(sends(sandbox)) == 1
+        assert_ledger_is_the_sandbox(warehouse, sandbox)
 
     def test_a_2xx_without_batch_id_and_nothing_under_the_key_is_retried(
         self, run_campaign, warehouse, sandbox
@@ -176,9 +164,9 @@ class TestNoAnswer:
 
         assert run.state == "success"
         assert run.task("send_batch", 0).try_number == 2
-        assert [r["status_code"] for r in posts(sandbox)] == [202, 202]
+        assert [r["status_code"] for r in sends(sandbox)] == [202, 202]
         assert_each_recipient_scheduled_once(sandbox, 10)
-        assert_ledger_matches_sandbox(warehouse, sandbox)
+        assert_ledger_is_the_sandbox(warehouse, sandbox)
 
     def test_accepted_but_answer_dropped_is_found_by_key_not_sent_again(
         self, run_campaign, audience, sandbox
@@ -189,11 +177,11 @@ class TestNoAnswer:
 
         assert run.state == "success"
         assert len(sandbox.record()["batches"]) == 3
-        assert len(posts(sandbox)) == 3  # the dropped batch was found by its key, not re-posted
+        assert len(sends(sandbox)) == 3  # the dropped batch was found by its key, not re-posted
         lookups = [r for r in sandbox.requests() if r["path"].startswith("/v1/email/batches")]
         assert len(lookups) == 1
         assert_each_recipient_scheduled_once(sandbox)
-        assert_ledger_matches_sandbox(audience, sandbox)
+        assert_ledger_is_the_sandbox(audience, sandbox)
 
     def test_timeout_is_checked_with_the_api_before_resending(
         self, run_campaign, warehouse, sandbox, monkeypatch
@@ -208,7 +196,7 @@ class TestNoAnswer:
         assert run.task("send_batch", 0).try_number >= 2
         assert len(sandbox.record()["batches"]) == 1
         assert_each_recipient_scheduled_once(sandbox, 10)
-        assert_ledger_matches_sandbox(warehouse, sandbox)
+        assert_ledger_is_the_sandbox(warehouse, sandbox)
 
     def test_connection_dropped_before_acceptance_is_resent_once(self, run_campaign, warehouse, sandbox):
         create_recipients_table(warehouse, "recipients", 10)
@@ -220,7 +208,7 @@ class TestNoAnswer:
         sends_and_lookups = [r for r in sandbox.requests() if r["path"] != "/v1/account/quota"]
         assert [r["method"] for r in sends_and_lookups] == ["POST", "GET", "POST"]
         assert_each_recipient_scheduled_once(sandbox, 10)
-        assert_ledger_matches_sandbox(warehouse, sandbox)
+        assert_ledger_is_the_sandbox(warehouse, sandbox)
 
 
 class TestSlowProvider:
@@ -245,11 +233,11 @@ class TestSlowProvider:
         assert run.state == "success"
         assert run.task("send_batch", 0).try_number == 2  # the first try ended at its 1 s deadline
         assert elapsed < 30
-        assert len(posts(sandbox)) == 1  # the retry asked by key and found it: not sent again
+        assert len(sends(sandbox)) == 1  # the retry asked by key and found it: not sent again
         [row] = ledger(warehouse)
         assert row["attempts"] == 1
         assert_each_recipient_scheduled_once(sandbox, 10)
-        assert_ledger_matches_sandbox(warehouse, sandbox)
+        assert_ledger_is_the_sandbox(warehouse, sandbox)
 
 
 class TestSecrets:

@@ -27,17 +27,19 @@ import pytest
 
 from demo.audience import create_recipients_table
 from include.campaign.ledger import rows as ledger_rows
-from tests.conftest import REPO_ROOT, SCENARIO_REPORT, ChatWebhook, point_migosmtp_at, postgres_admin
+from tests.conftest import (
+    AUDIENCE,
+    REPO_ROOT,
+    SCENARIO_REPORT,
+    ChatWebhook,
+    point_migosmtp_at,
+    postgres_admin,
+)
+from tests.helpers import api_requests, received
 
-RECIPIENTS = 30
+RECIPIENTS = AUDIENCE  # the audience fixture's recipients
 CONF = {"max_batch_size": 10, "hourly_cap": 1000, "daily_cap": 1000}
 RESUME = {**CONF, "mode": "retry_failed"}
-
-
-@pytest.fixture
-def audience(warehouse):
-    create_recipients_table(warehouse, "recipients", RECIPIENTS)
-    return warehouse
 
 
 @pytest.fixture
@@ -45,16 +47,8 @@ def started():
     return time.monotonic()
 
 
-def api_requests(sandbox):
-    return [r for r in sandbox.requests() if r["path"].startswith("/v1/")]
-
-
 def ledger(warehouse, campaign_id="c1"):
     return ledger_rows(warehouse, campaign_id)
-
-
-def received(sandbox) -> Counter:
-    return Counter(r["to"] for b in sandbox.record()["batches"] for r in b["recipients"])
 
 
 def assert_exactly_once(name, sandbox, warehouse, started, recipients=RECIPIENTS):

@@ -6,17 +6,15 @@ that does not fit does: refuse (the default), send_what_fits, or ignore.
 
 from __future__ import annotations
 
-from collections import Counter
-
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from demo.audience import create_recipients_table
 from include.campaign import definition
 from include.campaign.ledger import rows as ledger_rows
 from include.campaign.plan import plan_campaign
 from include.campaign.quota import QuotaCheckFailed
 from tests.conftest import DAY
+from tests.helpers import received, sends
 
 SMALL = {"max_batch_size": 10, "hourly_cap": 1000, "daily_cap": 1000, "start_at": f"{DAY}T09:00:00Z"}
 PARAMS = {
@@ -31,22 +29,8 @@ PARAMS = {
 }
 
 
-@pytest.fixture
-def audience(warehouse):
-    create_recipients_table(warehouse, "recipients", 30)
-    return warehouse
-
-
-def sends(sandbox):
-    return [r for r in sandbox.requests() if r["method"] == "POST"]
-
-
 def quota_checks(sandbox):
     return [r for r in sandbox.requests() if r["path"] == "/v1/account/quota"]
-
-
-def received(sandbox) -> Counter:
-    return Counter(r["to"] for b in sandbox.record()["batches"] for r in b["recipients"])
 
 
 class TestRefuse:

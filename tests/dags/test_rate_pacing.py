@@ -12,6 +12,7 @@ import pytest
 
 from demo.audience import create_recipients_table
 from tests.conftest import DAY
+from tests.helpers import sends
 
 WINDOW_SECONDS = 3.0
 LIMIT = 2
@@ -24,10 +25,6 @@ def tight_window(warehouse, clean_sandbox):
     create_recipients_table(warehouse, "recipients", BATCHES * 10)
     clean_sandbox.update_settings(requests_per_minute=LIMIT, rate_window_seconds=WINDOW_SECONDS)
     return clean_sandbox
-
-
-def sends(sandbox) -> list[dict]:
-    return [r for r in sandbox.requests() if r["method"] == "POST"]
 
 
 @pytest.mark.parametrize("reserve", ["1", "many"])

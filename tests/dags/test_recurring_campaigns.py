@@ -20,16 +20,13 @@ from include.campaign import definition
 from include.campaign.ledger import rows as ledger_rows
 from include.campaign.settings import derive_campaign_id
 from tests.conftest import FACTORY_DAG_ID, load_campaign_dag, past_monday_0900, point_migosmtp_at
+from tests.helpers import api_requests
 
 WEEKLY = "weekly_newsletter"
 
 
 def run(dag_id: str, logical_date: datetime, **conf):
     return load_campaign_dag(dag_id).test(logical_date=logical_date, run_after=logical_date, run_conf=conf)
-
-
-def api_requests(sandbox):
-    return [r for r in sandbox.requests() if r["path"].startswith("/v1/")]
 
 
 def assert_sent_once_and_ledger_is_the_sandbox(sandbox, warehouse, campaign_id: str, recipients: int):

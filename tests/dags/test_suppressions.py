@@ -21,7 +21,7 @@ from include.campaign.plan import plan_campaign
 from include.campaign.send import send_batch
 from include.warehouse import fetch_dicts
 from tests.conftest import load_campaign_dag
-from tests.helpers import suppress
+from tests.helpers import SMALL_CAMPAIGN, suppress
 
 SECRET = "whsec_suppressions"
 RATES = {
@@ -114,17 +114,7 @@ def test_a_second_campaign_mails_none_of_those_the_first_one_suppressed(
     assert sorted(r["email"].strip().lower() for r in rejected) == sorted(expected)
 
 
-PARAMS = {
-    "recipients_table": "recipients",
-    "from_email": "news@example.com",
-    "subject": "Hello {{first_name}}",
-    "html_body": "<p>Hi {{first_name}}</p>",
-    "text_body": "Hi {{first_name}}",
-    "max_batch_size": 10,
-    "hourly_cap": 1000,
-    "daily_cap": 1000,
-    "quota_policy": "ignore",
-}
+PARAMS = SMALL_CAMPAIGN
 
 
 def staged(hook, batch_number):

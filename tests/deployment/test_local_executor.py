@@ -21,14 +21,13 @@ from tests.deployment.campaign_checks import (
     VARIABLES,
     RunReport,
     assert_each_recipient_sent_once,
-    assert_ledger_matches_sandbox,
     assert_mapped_batches_succeeded,
     campaign_conf,
     expected_send_at,
     first_slot,
     peak_concurrency,
-    sends_per_key,
 )
+from tests.helpers import assert_ledger_matches_sandbox, sends_per_key
 
 pytestmark = pytest.mark.deployment
 
@@ -74,7 +73,7 @@ def test_a_campaign_triggered_over_rest_is_sent_once_within_the_pool(tmp_path, p
     assert_mapped_batches_succeeded(report)
     assert_each_recipient_sent_once(record, expected_send_at(start_at))
     ledger = ledger_rows(postgres_warehouse.hook, "deploy-local", with_recipient_ids=True)
-    assert_ledger_matches_sandbox(ledger, record, requests, "deploy-local")
+    assert_ledger_matches_sandbox(ledger, record, requests, "deploy-local", BATCHES)
     # Nothing went wrong, so every batch is one request and one try.
     assert set(sends_per_key(requests).values()) == {1}
     assert [t["try_number"] for t in report.send_tries] == [1] * len(report.send_tries)

@@ -16,15 +16,12 @@ from sandbox import SandboxProcess
 from tests.conftest import past_monday_0900
 from tests.deployment.airflow_stack import DAG_ID, AirflowStack
 from tests.deployment.campaign_checks import API_KEY, VARIABLES
+from tests.helpers import sends as posts
 
 pytestmark = pytest.mark.deployment
 
 WEEKLY = "weekly_newsletter"
 SUBSCRIBERS = 20
-
-
-def posts(sandbox) -> list[dict]:
-    return [r for r in sandbox.requests() if r["method"] == "POST" and r["path"].startswith("/v1/")]
 
 
 def stack_for(tmp_path, sandbox, warehouse, parallelism: int = 4) -> AirflowStack:
