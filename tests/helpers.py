@@ -174,3 +174,11 @@ def unsuppress(hook: DbApiHook, email: str, note: str) -> bool:
             (utc_now_text(), note, email),
         )
         return cur.rowcount > 0
+
+
+def suppression_reason(event_type: str, bounce_type: str | None = None) -> str | None:
+    """The reference for which events suppress an address, and why (the reconcile does it in SQL):
+    complaints, unsubscribes and hard bounces; never a soft or unspecified bounce, nor a deferral."""
+    if event_type == "bounced":
+        return "hard_bounce" if bounce_type == "hard" else None
+    return {"complained": "complaint", "unsubscribed": "unsubscribe"}.get(event_type)

@@ -16,12 +16,12 @@ import pytest
 
 from demo.audience import create_recipients_table
 from demo.receiver import webhook_receiver
-from include.campaign import ledger, suppressions
+from include.campaign import ledger
 from include.campaign.plan import plan_campaign
 from include.campaign.send import send_batch
 from include.warehouse import fetch_dicts
 from tests.conftest import load_campaign_dag
-from tests.helpers import SMALL_CAMPAIGN, suppress
+from tests.helpers import SMALL_CAMPAIGN, suppress, suppression_reason
 
 SECRET = "whsec_suppressions"
 RATES = {
@@ -87,9 +87,9 @@ def test_a_second_campaign_mails_none_of_those_the_first_one_suppressed(
 
     events = sandbox.events()
     expected = {
-        e["recipient"]: suppressions.reason_for(e["type"], e.get("bounce_type"))
+        e["recipient"]: suppression_reason(e["type"], e.get("bounce_type"))
         for e in sorted(events, key=lambda e: -e["timestamp"])  # the first event per address wins
-        if suppressions.reason_for(e["type"], e.get("bounce_type"))
+        if suppression_reason(e["type"], e.get("bounce_type"))
     }
     assert set(expected.values()) == {"hard_bounce", "complaint", "unsubscribe"}
     soft_then_delivered = {e["recipient"] for e in events if e.get("bounce_type") == "soft"} - set(expected)
