@@ -192,6 +192,18 @@ def audience(warehouse):
 SCENARIO_REPORT: list[dict] = []
 
 
+def pytest_sessionfinish(session):
+    """Under pytest-xdist each worker hands its scenario rows to the controller, which prints the table."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["scenario_report"] = json.dumps(SCENARIO_REPORT)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    SCENARIO_REPORT.extend(json.loads(getattr(node, "workeroutput", {}).get("scenario_report", "[]")))
+
+
 def pytest_terminal_summary(terminalreporter):
     """The exactly-once scenario table (tests/test_exactly_once.py), figures from this run."""
     if not SCENARIO_REPORT:
