@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.deployment.airflow_stack import fresh_postgres_database, postgres_connection
+from demo.airflow_stack import fresh_postgres_database, postgres_connection
 
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from demo.airflow_stack import API_USER, DAG_ID, AirflowStack
 from demo.audience import create_recipients_table
 from include.campaign.ledger import rows as ledger_rows
-from sandbox import SandboxProcess
 from include.warehouse import utc_text
+from sandbox import SandboxProcess
 from tests.conftest import REPO_ROOT
-from tests.deployment.airflow_stack import API_USER, DAG_ID, AirflowStack
 from tests.deployment.campaign_checks import API_KEY, first_slot
 
 pytestmark = pytest.mark.deployment

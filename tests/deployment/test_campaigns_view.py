@@ -10,11 +10,11 @@ from urllib.parse import quote
 import pytest
 import requests
 
+from demo.airflow_stack import DAG_ID, AirflowStack
 from demo.audience import create_recipients_table
-from sandbox import SandboxProcess
 from include.views.pages import SECURITY_HEADERS
 from include.warehouse import utc_text
-from tests.deployment.airflow_stack import DAG_ID, AirflowStack
+from sandbox import SandboxProcess
 from tests.deployment.campaign_checks import API_KEY, first_slot
 
 pytestmark = pytest.mark.deployment

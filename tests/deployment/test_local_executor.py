@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from demo.airflow_stack import DAG_ID, AirflowStack
 from demo.audience import create_recipients_table
 from include.campaign.ledger import rows as ledger_rows
 from sandbox import SandboxProcess
 from tests.conftest import ChatWebhook
-from tests.deployment.airflow_stack import DAG_ID, AirflowStack
 from tests.deployment.campaign_checks import (
     API_KEY,
     BAD_EVERY,

@@ -8,13 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from demo.airflow_stack import DAG_ID, AirflowStack
 from demo.audience import create_recipients_table
 from include.campaign.ledger import rows as ledger_rows
 from include.campaign.settings import derive_campaign_id
-from sandbox import SandboxProcess
 from include.warehouse import utc_text
+from sandbox import SandboxProcess
 from tests.conftest import past_monday_0900
-from tests.deployment.airflow_stack import DAG_ID, AirflowStack
 from tests.deployment.campaign_checks import API_KEY, VARIABLES
 
 pytestmark = pytest.mark.deployment

@@ -24,14 +24,14 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from demo.airflow_stack import DAG_ID, AirflowStack, ApiError
 from demo.audience import create_recipients_table
 from include.campaign.deliveries import FINAL_TYPES
 from include.campaign.ledger import DELIVERED, SCHEDULED
 from include.campaign.ledger import rows as ledger_rows
-from sandbox import SandboxProcess
 from include.migosmtp.webhooks import sign
 from include.warehouse import DELIVERIES_TABLE, EVENTS_TABLE, fetch_dicts, utc_text
-from tests.deployment.airflow_stack import DAG_ID, AirflowStack, ApiError
+from sandbox import SandboxProcess
 
 pytestmark = pytest.mark.deployment
 

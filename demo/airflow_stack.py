@@ -1,4 +1,5 @@
-"""A real Airflow 3 deployment on loopback, run the way users run it, for the deployment tests.
+"""A real Airflow 3 deployment on loopback, run the way users run it: the deployment tests'
+stack and the send-rate benchmark's (development only, like the rest of ``demo/``).
 
     with AirflowStack(tmp_path, executor="CeleryExecutor", connections=..., variables=...) as stack:
         run_id = stack.api.trigger_dag_run(DAG_ID, {"campaign_id": "c1"})
@@ -11,9 +12,10 @@ Celery, two ``celery worker``\\ s with their own hostnames) as separate
 processes, each in its own process group and with its own log file under
 ``<workdir>/logs``. Connections and Variables reach every process as
 ``AIRFLOW_CONN_*`` / ``AIRFLOW_VAR_*`` environment variables, as in
-``tests/conftest.py``. Nothing listens beyond 127.0.0.1: the log servers that
-the scheduler, triggerer and workers would start on all interfaces are
-skipped (every process shares one AIRFLOW_HOME, so the api-server reads task
+``tests/conftest.py``; ``stack.airflow_cli(...)`` runs an ``airflow`` command as a user of
+the deployment would (its environment, its metadata database). Nothing listens beyond
+127.0.0.1: the log servers that the scheduler, triggerer and workers would start on all
+interfaces are skipped (every process shares one AIRFLOW_HOME, so the api-server reads task
 logs from disk).
 """
 
@@ -39,7 +41,7 @@ from typing import IO, Any, Literal, Self, TypeVar
 import psycopg
 import requests
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DAG_ID = "bulk_email_campaign"
 POOL = "migosmtp_api"
 PLANNING_POOL = "campaign_planning"
@@ -69,24 +71,25 @@ class ApiError(StackError):
         self.status = status
 
 
-# -- PostgreSQL databases --------------------------------------------------------------------
+# -- PostgreSQL databases (the one definition; tests/conftest.py imports it) ----------------
 
 
-def _postgres_admin(sql: str) -> None:
-    # autocommit: CREATE/DROP DATABASE cannot run inside a transaction.
+def postgres_admin(sql: str) -> None:
+    """Run one statement as ``postgres`` on the machine's server, outside any transaction
+    (CREATE/DROP DATABASE cannot run inside one)."""
     with psycopg.connect(dbname="postgres", autocommit=True, **POSTGRES) as conn:
         conn.execute(sql)
 
 
 def create_postgres_database(prefix: str) -> str:
     name = f"{prefix}_{secrets.token_hex(6)}"
-    _postgres_admin(f'CREATE DATABASE "{name}"')
+    postgres_admin(f'CREATE DATABASE "{name}"')
     return name
 
 
 def drop_postgres_database(name: str) -> None:
     # FORCE: a process killed mid-transaction may leave a backend connected.
-    _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextmanager
@@ -335,6 +338,7 @@ class AirflowStack:
         self.queue = f"deploy_{secrets.token_hex(4)}"
         self.redis_db: int | None = None
         self.password = secrets.token_urlsafe(16)  # API_USER's, for the API and the UI's login
+        self.env: dict[str, str] = {}  # every process's environment, once started
         self._procs: list[_Process] = []
         self.api = AirflowApi(self.base_url, API_USER, self.password)
 
@@ -368,7 +372,7 @@ class AirflowStack:
         # The user's password file is written before the api-server starts, so it
         # keeps it instead of generating (and printing) one.
         (self.workdir / "passwords.json").write_text(json.dumps({API_USER: self.password}))
-        env = self._environment()
+        env = self.env = self._environment()
         self._run_cli("db-migrate", ["db", "migrate"], env, MIGRATE_TIMEOUT)
         self._run_cli("pools-set", ["pools", "set", POOL, str(self.pool_slots), "MigoSMTP API calls"], env)
         self._run_cli("planning-pool", ["pools", "set", PLANNING_POOL, "1", "One plan at a time"], env)
@@ -415,6 +419,7 @@ class AirflowStack:
             process.popen.wait()
             process.log_file.close()
         self._procs.clear()
+        self.env = {}
         self.api.close()
         if self.redis_db is not None:
             _delete_redis_queue(self.redis_db, self.queue)
@@ -485,7 +490,7 @@ class AirflowStack:
     def _worker_environment(self, env: dict[str, str], hostname: str) -> dict[str, str]:
         return {
             **env,
-            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.deployment.worker_hostname.hostname",
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "demo.worker_hostname.hostname",
             "DEPLOYMENT_WORKER_HOSTNAME": hostname,
         }
 
@@ -515,6 +520,23 @@ class AirflowStack:
                 problem = f"`airflow {' '.join(args)}` exited with {done.returncode}"
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-60:])
         raise StackError(f"{name}: {problem}\n--- tail of {log_path} ---\n{tail}")
+
+    def airflow_cli(
+        self, args: list[str], input: str | None = None, timeout: float = CLI_TIMEOUT
+    ) -> subprocess.CompletedProcess[str]:
+        """``airflow <args>`` as a user of this deployment runs it (its environment, its metadata
+        database), ``input`` typed at its prompts; returns the finished process, output captured."""
+        if not self.env:
+            raise StackError("the stack is not started")
+        return subprocess.run(
+            self._airflow(args),
+            cwd=self.workdir,
+            env=self.env,
+            input=input if input is not None else "",
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
         log_path = self.logs / f"{name}.log"
