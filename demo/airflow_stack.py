@@ -200,6 +200,32 @@ class AirflowApi:
         body = {"pool": name, "slots": slots, "include_deferred": self.pool(name)["include_deferred"]}
         self.request("PATCH", f"/pools/{name}", params={"update_mask": "slots"}, json=body)
 
+    def set_connection(self, conn_id: str, conn: Mapping[str, Any]) -> None:
+        """Create or replace a connection in the metadata database (``conn`` as AIRFLOW_CONN_* JSON
+        takes it); every process reads it from there on its next look-up."""
+        self.delete_connection(conn_id)
+        extra = conn.get("extra")
+        body = {
+            "connection_id": conn_id,
+            **{k: v for k, v in conn.items() if k != "extra"},
+            **({"extra": extra if isinstance(extra, str) else json.dumps(extra)} if extra else {}),
+        }
+        self.request("POST", "/connections", json=body)
+
+    def delete_connection(self, conn_id: str) -> None:
+        try:
+            self.request("DELETE", f"/connections/{conn_id}")
+        except ApiError as err:
+            if err.status != 404:
+                raise
+
+    def connection_ids(self) -> list[str]:
+        page = self.request("GET", "/connections", params={"limit": 100})
+        return [c["connection_id"] for c in page["connections"]]
+
+    def set_dag_run_state(self, dag_id: str, run_id: str, state: str) -> None:
+        self.request("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}", json={"state": state})
+
     def clear_dag_run(self, dag_id: str, run_id: str) -> None:
         """What the UI's Clear on a whole run does: every task instance again, in the same run."""
         self.request("POST", f"/dags/{dag_id}/dagRuns/{run_id}/clear", json={"dry_run": False})
@@ -218,6 +244,9 @@ class AirflowApi:
             "max_active_runs": max_active_runs,
         }
         return self.request("POST", "/backfills", json=body)
+
+    def backfills(self, dag_id: str) -> list[dict[str, Any]]:
+        return self.request("GET", "/backfills", params={"dag_id": dag_id, "limit": 100})["backfills"]
 
     def backfill(self, backfill_id: int) -> dict[str, Any]:
         return self.request("GET", f"/backfills/{backfill_id}")
@@ -311,6 +340,7 @@ class AirflowStack:
         celery_workers: int = 2,
         worker_concurrency: int = 2,
         dags_folder: str | os.PathLike[str] | None = None,
+        stored_connections: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         if parallelism < 2:
             raise ValueError("parallelism must be > 1: the tier checks tasks that run side by side")
@@ -323,7 +353,11 @@ class AirflowStack:
         self.executor = executor
         self.parallelism = parallelism
         self.pool_slots = pool_slots
+        # ``connections`` reach the processes as AIRFLOW_CONN_* (fixed for the stack's life);
+        # ``stored_connections`` are imported into the metadata database before the processes
+        # start, where the REST API (``api.set_connection``) can replace them while it runs.
         self.connections = dict(connections or {})
+        self.stored_connections = dict(stored_connections or {})
         self.variables = dict(variables or {})
         self.celery_workers = celery_workers if executor == "CeleryExecutor" else 0
         self.worker_concurrency = worker_concurrency
@@ -376,6 +410,10 @@ class AirflowStack:
         self._run_cli("db-migrate", ["db", "migrate"], env, MIGRATE_TIMEOUT)
         self._run_cli("pools-set", ["pools", "set", POOL, str(self.pool_slots), "MigoSMTP API calls"], env)
         self._run_cli("planning-pool", ["pools", "set", PLANNING_POOL, "1", "One plan at a time"], env)
+        if self.stored_connections:
+            stored = self.workdir / "stored_connections.json"
+            stored.write_text(json.dumps(self.stored_connections))
+            self._run_cli("connections-import", ["connections", "import", str(stored)], env)
 
         self._spawn(
             "api-server",
