@@ -6,6 +6,11 @@ mounted on the api-server, with redeliveries and in shuffled order, as real prov
 do. What must hold: the warehouse has every event exactly once, the reconcile DAG's
 per-batch counts are the sandbox's, and exactly the batches with no deferred
 recipient become ``delivered``. A forged POST is refused by the same server.
+
+Its own stack, not the shared one (tests/deployment/conftest.py): it checks a fresh
+deployment, whose API server has never touched a warehouse (the receiver creates the tables
+on its first post, once per API server process, so a shared API server would have done so in
+another test's warehouse), and it measures the API server's memory.
 """
 
 from __future__ import annotations
