@@ -83,8 +83,8 @@ def main() -> int:
     from demo.receiver import webhook_receiver
     from include.campaign import ledger
     from include.campaign.settings import derive_campaign_id
-    from include.warehouse import fetch_dicts, get_warehouse_hook
     from sandbox import SandboxProcess
+    from include.warehouse import fetch_dicts, get_warehouse_hook
 
     warehouse_path = DEMO_DIR / "warehouse.db"
     warehouse_path.unlink(missing_ok=True)
