@@ -38,6 +38,8 @@ from statistics import median
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+# The sandbox runs as ``python -m sandbox`` in a subprocess: it needs the repository on its path too.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
 
 from demo.airflow_stack import (  # noqa: E402
     DAG_ID,
