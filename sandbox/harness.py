@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 LISTENING_RE = re.compile(r"MigoSMTP sandbox listening on http://(\S+):(\d+)")
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0

@@ -20,6 +20,9 @@ from pathlib import Path
 
 import pytest
 
+# The machine's PostgreSQL and its admin statement: one definition, beside the stack launcher.
+from demo.airflow_stack import POSTGRES, postgres_admin
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="bulk-email-airflow-"))
 # Airflow's dags folder for the session: the project's DAG files plus a factory-built test campaign.
@@ -100,9 +103,6 @@ def clean_sandbox(sandbox):
     sandbox.reset()
 
 
-POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def warehouse(request, tmp_path, monkeypatch):
     """A fresh, empty warehouse behind ``warehouse_default``: a SQLite file, or a new PostgreSQL database.
@@ -126,13 +126,6 @@ def warehouse(request, tmp_path, monkeypatch):
     from include.warehouse import get_warehouse_hook
 
     return get_warehouse_hook()
-
-
-def postgres_admin(statement: str) -> None:
-    import psycopg
-
-    with psycopg.connect(dbname="postgres", autocommit=True, **POSTGRES) as admin:
-        admin.execute(statement)
 
 
 def load_campaign_dag(dag_id: str = "bulk_email_campaign"):

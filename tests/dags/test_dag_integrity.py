@@ -18,12 +18,14 @@ import pytest
 from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk import TriggerRule
 from airflow.sdk.definitions.mappedoperator import MappedOperator
+from airflow.utils.file import might_contain_dag
 
 from include.migosmtp.retry_policy import MigoSmtpRetryPolicy
 from tests.conftest import REPO_ROOT
 from tests.helpers import DOCUMENTED_PARAMS
 
 DAG_FILE = REPO_ROOT / "dags" / "bulk_email_campaign.py"
+DAG_FILES = sorted((REPO_ROOT / "dags").glob("*.py"))
 DAG_ID = "bulk_email_campaign"
 CAMPAIGN_DAG_IDS = (DAG_ID, "weekly_newsletter")
 
@@ -256,6 +258,31 @@ class TestDagFileParsing:
 
         assert result.returncode != 0
         assert "I/O while parsing the DAG file" in result.stderr
+
+    @pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda path: path.name)
+    def test_airflow_does_not_skip_the_file_in_safe_mode(self, dag_file):
+        # [core] dag_discovery_safe_mode (on by default): the parser never imports a file that
+        # Airflow's own heuristic rules out, and reports nothing, not even an import error.
+        assert might_contain_dag(str(dag_file), safe_mode=True), (
+            f"Airflow skips {dag_file.name} without a word: it must contain 'airflow' and 'dag' "
+            "(any case; a comment will do)"
+        )
+
+    def test_the_safe_mode_check_catches_a_file_airflow_would_skip(self, tmp_path):
+        body = "from include.campaign.dag_factory import campaign_dag\n\ncampaign_dag('skipped_newsletter')\n"
+        skipped = tmp_path / "skipped" / "skipped_newsletter.py"
+        skipped.parent.mkdir()
+        skipped.write_text(body)  # says "dag", never "airflow"
+        parsed = tmp_path / "parsed" / "parsed_newsletter.py"
+        parsed.parent.mkdir()
+        parsed.write_text("# Airflow parses only files that mention airflow and dag.\n" + body)
+
+        assert not might_contain_dag(str(skipped), safe_mode=True)
+        assert might_contain_dag(str(parsed), safe_mode=True)
+        # What the parser makes of them: the first is silently left out, the second is a DAG.
+        skipped_bag = DagBag(dag_folder=str(skipped.parent))
+        assert (skipped_bag.dags, skipped_bag.import_errors) == ({}, {})
+        assert set(DagBag(dag_folder=str(parsed.parent)).dags) == {"skipped_newsletter"}
 
     def test_ruff_airflow3_rules_pass(self):
         ruff = Path(sys.executable).parent / "ruff"

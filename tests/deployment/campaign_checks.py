@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from demo.airflow_stack import DAG_ID, POOL, AirflowStack
 from demo.audience import sample_rows
 from include.warehouse import utc_text
-from tests.deployment.airflow_stack import DAG_ID, POOL, AirflowStack
 
 API_KEY = "test-key"
 # Short server-error back-off, as in tests/conftest.py, so a stray 5xx costs seconds.

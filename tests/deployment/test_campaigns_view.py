@@ -10,11 +10,11 @@ from urllib.parse import quote
 import pytest
 import requests
 
+from demo.airflow_stack import DAG_ID, AirflowStack
 from demo.audience import create_recipients_table
 from include.views.pages import SECURITY_HEADERS
 from include.warehouse import utc_text
 from sandbox import SandboxProcess
-from tests.deployment.airflow_stack import DAG_ID, AirflowStack
 from tests.deployment.campaign_checks import API_KEY, first_slot
 
 pytestmark = pytest.mark.deployment
@@ -22,22 +22,16 @@ pytestmark = pytest.mark.deployment
 CONF = {"max_batch_size": 10, "hourly_cap": 20, "daily_cap": 1000}
 
 
-def test_only_signed_in_users_see_the_campaigns_and_the_pages_show_the_ledger(tmp_path, postgres_warehouse):
+def test_only_signed_in_users_see_the_campaigns_and_the_pages_show_the_ledger(
+    tmp_path, postgres_warehouse, local_stack: AirflowStack
+):
     create_recipients_table(postgres_warehouse.hook, "recipients", 50, bad_every=10)  # 5 bad rows
     start_at = utc_text(first_slot())
+    stack = local_stack
 
-    with (
-        SandboxProcess(tmp_path / "sandbox.db", api_key=API_KEY) as sandbox,
-        AirflowStack(
-            tmp_path / "stack",
-            parallelism=4,
-            connections={
-                "migosmtp_default": sandbox.airflow_connection(),
-                "warehouse_default": postgres_warehouse.connection,
-                "migosmtp_webhook": {"conn_type": "generic", "password": "whsec-view"},
-            },
-        ) as stack,
-    ):
+    with SandboxProcess(tmp_path / "sandbox.db", api_key=API_KEY) as sandbox:
+        stack.api.set_connection("migosmtp_default", sandbox.airflow_connection())
+        stack.api.set_connection("migosmtp_webhook", {"conn_type": "generic", "password": "whsec-view"})
         base = f"{stack.base_url}/campaigns"
 
         # Anonymous: a browser goes to the login (and back), any other client gets 401.

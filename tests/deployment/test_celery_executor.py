@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from demo.airflow_stack import DAG_ID, AirflowStack
 from demo.audience import create_recipients_table
 from include.campaign.ledger import rows as ledger_rows
 from include.migosmtp.client import SEND_ENDPOINT as SEND_PATH
 from sandbox import SandboxProcess
-from tests.deployment.airflow_stack import DAG_ID, AirflowStack
 from tests.deployment.campaign_checks import (
     API_KEY,
     BAD_EVERY,

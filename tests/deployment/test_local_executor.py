@@ -8,17 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from demo.airflow_stack import DAG_ID, AirflowStack
 from demo.audience import create_recipients_table
 from include.campaign.ledger import rows as ledger_rows
 from sandbox import SandboxProcess
 from tests.conftest import ChatWebhook
-from tests.deployment.airflow_stack import DAG_ID, AirflowStack
 from tests.deployment.campaign_checks import (
     API_KEY,
     BAD_EVERY,
     BATCHES,
     RECIPIENTS,
-    VARIABLES,
     RunReport,
     assert_each_recipient_sent_once,
     assert_mapped_batches_succeeded,
@@ -27,34 +26,26 @@ from tests.deployment.campaign_checks import (
     first_slot,
     peak_concurrency,
 )
+from tests.deployment.conftest import POOL_SLOTS
 from tests.helpers import assert_ledger_matches_sandbox, sends_per_key
 
 pytestmark = pytest.mark.deployment
 
-PARALLELISM = 4
-POOL_SLOTS = 2  # below parallelism, so the pool, not the executor, is what limits the API calls
 
-
-def test_a_campaign_triggered_over_rest_is_sent_once_within_the_pool(tmp_path, postgres_warehouse):
+def test_a_campaign_triggered_over_rest_is_sent_once_within_the_pool(
+    tmp_path, postgres_warehouse, local_stack: AirflowStack
+):
     create_recipients_table(postgres_warehouse.hook, "recipients", RECIPIENTS, bad_every=BAD_EVERY)
     start_at = first_slot()
+    stack = local_stack
+    assert (stack.executor, stack.parallelism, stack.pool_slots) == ("LocalExecutor", 4, POOL_SLOTS)
 
     with (
         ChatWebhook() as alerts,
         SandboxProcess(tmp_path / "sandbox.db", api_key=API_KEY) as sandbox,
-        AirflowStack(
-            tmp_path / "stack",
-            executor="LocalExecutor",
-            parallelism=PARALLELISM,
-            pool_slots=POOL_SLOTS,
-            connections={
-                "migosmtp_default": sandbox.airflow_connection(),
-                "warehouse_default": postgres_warehouse.connection,
-                "campaign_alerts": {"conn_type": "http", "host": alerts.url},
-            },
-            variables=VARIABLES,
-        ) as stack,
     ):
+        stack.api.set_connection("migosmtp_default", sandbox.airflow_connection())
+        stack.api.set_connection("campaign_alerts", {"conn_type": "http", "host": alerts.url})
         run_id = stack.api.trigger_dag_run(DAG_ID, campaign_conf("deploy-local", start_at))
         run = stack.wait_for_dag_run(DAG_ID, run_id)
         assert run["state"] == "success", stack.describe_run(DAG_ID, run_id)

@@ -8,56 +8,43 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from demo.airflow_stack import DAG_ID, AirflowStack
 from demo.audience import create_recipients_table
 from include.campaign.ledger import rows as ledger_rows
 from include.campaign.settings import derive_campaign_id
 from include.warehouse import utc_text
 from sandbox import SandboxProcess
-from tests.conftest import past_monday_0900
-from tests.deployment.airflow_stack import DAG_ID, AirflowStack
-from tests.deployment.campaign_checks import API_KEY, VARIABLES
+from tests.deployment.campaign_checks import API_KEY
+from tests.deployment.conftest import WEEKLY
 from tests.helpers import sends as posts
 
 pytestmark = pytest.mark.deployment
 
-WEEKLY = "weekly_newsletter"
 SUBSCRIBERS = 20
-
-
-def stack_for(tmp_path, sandbox, warehouse, parallelism: int = 4) -> AirflowStack:
-    return AirflowStack(
-        tmp_path / "stack",
-        executor="LocalExecutor",
-        parallelism=parallelism,
-        pool_slots=2,
-        connections={
-            "migosmtp_default": sandbox.airflow_connection(),
-            "warehouse_default": warehouse.connection,
-        },
-        variables=VARIABLES,
-    )
+# The tests share one stack, so each recurring test has weeks of its own (a logical date has one
+# run): past Mondays before the README runbook's 2026-11-02..16 (tests/deployment/test_runbook_cli.py),
+# always past and after the DAG's start_date. The stack's own scheduled run is the latest Monday.
+BACKFILLED_WEEKS = [datetime(2026, 10, day, 9, tzinfo=UTC) for day in (12, 19, 26)]
+TRIGGERED_WEEK = datetime(2026, 10, 5, 9, tzinfo=UTC)
 
 
 def test_a_backfill_of_three_weeks_sends_each_once_and_its_failed_reprocess_finishes_the_failed_week(
-    tmp_path, postgres_warehouse
+    tmp_path, postgres_warehouse, local_stack: AirflowStack
 ):
     hook = postgres_warehouse.hook
+    stack = local_stack
     create_recipients_table(hook, "newsletter_subscribers", SUBSCRIBERS)
-    weeks = [past_monday_0900(4), past_monday_0900(3), past_monday_0900(2)]
+    weeks = BACKFILLED_WEEKS
     window = {
         "from_date": utc_text(weeks[0] - timedelta(hours=1)),
         "to_date": utc_text(weeks[-1] + timedelta(hours=1)),
     }
 
-    with (
-        SandboxProcess(tmp_path / "sandbox.db", api_key=API_KEY) as sandbox,
-        stack_for(tmp_path, sandbox, postgres_warehouse) as stack,
-    ):
-        stack.wait_for_dag(WEEKLY)
-        # Unpaused, the DAG's own schedule runs the latest Monday (catchup=False runs that one only).
-        # Let it finish first, so the fault below meets the backfill's first week.
-        scheduled = stack.wait_for_runs_to_settle(WEEKLY)
-        assert [r["run_type"] for r in scheduled] in ([], ["scheduled"])
+    with SandboxProcess(tmp_path / "sandbox.db", api_key=API_KEY) as sandbox:
+        stack.api.set_connection("migosmtp_default", sandbox.airflow_connection())
+        # The DAG's own scheduled run (the latest Monday, at the stack's deployment) is finished
+        # (tests/deployment/conftest.py), so the fault below meets the backfill's first week.
+        assert all(r["state"] in ("success", "failed") for r in stack.api.dag_runs(WEEKLY))
         sandbox.set_faults(
             [{"action": "status", "status": 400, "message": "rejected for the test", "times": 1}]
         )
@@ -97,20 +84,21 @@ def test_a_backfill_of_three_weeks_sends_each_once_and_its_failed_reprocess_fini
     assert [r["status_code"] for r in first_week] == [400, 202]
 
 
-def test_two_campaign_dags_planning_together_hold_the_account_caps(tmp_path, postgres_warehouse):
+def test_two_campaign_dags_planning_together_hold_the_account_caps(
+    tmp_path, postgres_warehouse, local_stack: AirflowStack
+):
     hook = postgres_warehouse.hook
+    stack = local_stack
     create_recipients_table(hook, "newsletter_subscribers", 30)
     create_recipients_table(hook, "recipients", 30)
     caps = {"max_batch_size": 10, "hourly_cap": 20, "daily_cap": 1000}
     start_at = (datetime.now(UTC) + timedelta(days=7)).replace(hour=9, minute=0, second=0, microsecond=0)
-    weekly_date = past_monday_0900(weeks_back=3)
+    weekly_date = TRIGGERED_WEEK
 
-    with (
-        SandboxProcess(tmp_path / "sandbox.db", api_key=API_KEY) as sandbox,
-        stack_for(tmp_path, sandbox, postgres_warehouse, parallelism=4) as stack,
-    ):
-        stack.wait_for_dag(WEEKLY)
-        stack.wait_for_runs_to_settle(WEEKLY)  # its own latest Monday, at the default caps
+    with SandboxProcess(tmp_path / "sandbox.db", api_key=API_KEY) as sandbox:
+        stack.api.set_connection("migosmtp_default", sandbox.airflow_connection())
+        # Its own latest Monday ran at the stack's deployment, on another warehouse and sandbox.
+        assert all(r["state"] in ("success", "failed") for r in stack.api.dag_runs(WEEKLY))
         manual = stack.api.trigger_dag_run(
             DAG_ID, {"campaign_id": "together", "start_at": utc_text(start_at), **caps}
         )
@@ -145,18 +133,17 @@ def test_two_campaign_dags_planning_together_hold_the_account_caps(tmp_path, pos
 
 
 def test_a_halted_run_cleared_over_rest_once_the_quota_is_back_finishes_and_a_second_clear_sends_nothing(
-    tmp_path, postgres_warehouse
+    tmp_path, postgres_warehouse, local_stack: AirflowStack
 ):
     hook = postgres_warehouse.hook
+    stack = local_stack
     create_recipients_table(hook, "recipients", 30)
     start_at = (datetime.now(UTC) + timedelta(days=7)).replace(hour=9, minute=0, second=0, microsecond=0)
     conf = {"campaign_id": "cleared", "max_batch_size": 10, "hourly_cap": 1000, "daily_cap": 1000}
     conf["quota_policy"] = "ignore"  # no pre-flight, so the quota runs out part-way (a 402)
 
-    with (
-        SandboxProcess(tmp_path / "sandbox.db", api_key=API_KEY) as sandbox,
-        stack_for(tmp_path, sandbox, postgres_warehouse) as stack,
-    ):
+    with SandboxProcess(tmp_path / "sandbox.db", api_key=API_KEY) as sandbox:
+        stack.api.set_connection("migosmtp_default", sandbox.airflow_connection())
         sandbox.update_settings(monthly_limit=15)  # room for the first batch of 10 only: then 402
         run_id = stack.api.trigger_dag_run(DAG_ID, {**conf, "start_at": utc_text(start_at)})
         assert stack.wait_for_dag_run(DAG_ID, run_id)["state"] == "failed"

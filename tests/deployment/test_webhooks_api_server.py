@@ -6,6 +6,11 @@ mounted on the api-server, with redeliveries and in shuffled order, as real prov
 do. What must hold: the warehouse has every event exactly once, the reconcile DAG's
 per-batch counts are the sandbox's, and exactly the batches with no deferred
 recipient become ``delivered``. A forged POST is refused by the same server.
+
+Its own stack, not the shared one (tests/deployment/conftest.py): it checks a fresh
+deployment, whose API server has never touched a warehouse (the receiver creates the tables
+on its first post, once per API server process, so a shared API server would have done so in
+another test's warehouse), and it measures the API server's memory.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from demo.airflow_stack import DAG_ID, AirflowStack, ApiError
 from demo.audience import create_recipients_table
 from include.campaign.deliveries import FINAL_TYPES
 from include.campaign.ledger import DELIVERED, SCHEDULED
@@ -31,7 +37,6 @@ from include.campaign.ledger import rows as ledger_rows
 from include.migosmtp.webhooks import sign
 from include.warehouse import DELIVERIES_TABLE, EVENTS_TABLE, fetch_dicts, utc_text
 from sandbox import SandboxProcess
-from tests.deployment.airflow_stack import DAG_ID, AirflowStack, ApiError
 
 pytestmark = pytest.mark.deployment
 

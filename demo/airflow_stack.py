@@ -1,4 +1,5 @@
-"""A real Airflow 3 deployment on loopback, run the way users run it, for the deployment tests.
+"""A real Airflow 3 deployment on loopback, run the way users run it: the deployment tests'
+stack and the send-rate benchmark's (development only, like the rest of ``demo/``).
 
     with AirflowStack(tmp_path, executor="CeleryExecutor", connections=..., variables=...) as stack:
         run_id = stack.api.trigger_dag_run(DAG_ID, {"campaign_id": "c1"})
@@ -11,9 +12,10 @@ Celery, two ``celery worker``\\ s with their own hostnames) as separate
 processes, each in its own process group and with its own log file under
 ``<workdir>/logs``. Connections and Variables reach every process as
 ``AIRFLOW_CONN_*`` / ``AIRFLOW_VAR_*`` environment variables, as in
-``tests/conftest.py``. Nothing listens beyond 127.0.0.1: the log servers that
-the scheduler, triggerer and workers would start on all interfaces are
-skipped (every process shares one AIRFLOW_HOME, so the api-server reads task
+``tests/conftest.py``; ``stack.airflow_cli(...)`` runs an ``airflow`` command as a user of
+the deployment would (its environment, its metadata database). Nothing listens beyond
+127.0.0.1: the log servers that the scheduler, triggerer and workers would start on all
+interfaces are skipped (every process shares one AIRFLOW_HOME, so the api-server reads task
 logs from disk).
 """
 
@@ -39,7 +41,7 @@ from typing import IO, Any, Literal, Self, TypeVar
 import psycopg
 import requests
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DAG_ID = "bulk_email_campaign"
 POOL = "migosmtp_api"
 PLANNING_POOL = "campaign_planning"
@@ -69,24 +71,25 @@ class ApiError(StackError):
         self.status = status
 
 
-# -- PostgreSQL databases --------------------------------------------------------------------
+# -- PostgreSQL databases (the one definition; tests/conftest.py imports it) ----------------
 
 
-def _postgres_admin(sql: str) -> None:
-    # autocommit: CREATE/DROP DATABASE cannot run inside a transaction.
+def postgres_admin(sql: str) -> None:
+    """Run one statement as ``postgres`` on the machine's server, outside any transaction
+    (CREATE/DROP DATABASE cannot run inside one)."""
     with psycopg.connect(dbname="postgres", autocommit=True, **POSTGRES) as conn:
         conn.execute(sql)
 
 
 def create_postgres_database(prefix: str) -> str:
     name = f"{prefix}_{secrets.token_hex(6)}"
-    _postgres_admin(f'CREATE DATABASE "{name}"')
+    postgres_admin(f'CREATE DATABASE "{name}"')
     return name
 
 
 def drop_postgres_database(name: str) -> None:
     # FORCE: a process killed mid-transaction may leave a backend connected.
-    _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextmanager
@@ -197,6 +200,32 @@ class AirflowApi:
         body = {"pool": name, "slots": slots, "include_deferred": self.pool(name)["include_deferred"]}
         self.request("PATCH", f"/pools/{name}", params={"update_mask": "slots"}, json=body)
 
+    def set_connection(self, conn_id: str, conn: Mapping[str, Any]) -> None:
+        """Create or replace a connection in the metadata database (``conn`` as AIRFLOW_CONN_* JSON
+        takes it); every process reads it from there on its next look-up."""
+        self.delete_connection(conn_id)
+        extra = conn.get("extra")
+        body = {
+            "connection_id": conn_id,
+            **{k: v for k, v in conn.items() if k != "extra"},
+            **({"extra": extra if isinstance(extra, str) else json.dumps(extra)} if extra else {}),
+        }
+        self.request("POST", "/connections", json=body)
+
+    def delete_connection(self, conn_id: str) -> None:
+        try:
+            self.request("DELETE", f"/connections/{conn_id}")
+        except ApiError as err:
+            if err.status != 404:
+                raise
+
+    def connection_ids(self) -> list[str]:
+        page = self.request("GET", "/connections", params={"limit": 100})
+        return [c["connection_id"] for c in page["connections"]]
+
+    def set_dag_run_state(self, dag_id: str, run_id: str, state: str) -> None:
+        self.request("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}", json={"state": state})
+
     def clear_dag_run(self, dag_id: str, run_id: str) -> None:
         """What the UI's Clear on a whole run does: every task instance again, in the same run."""
         self.request("POST", f"/dags/{dag_id}/dagRuns/{run_id}/clear", json={"dry_run": False})
@@ -215,6 +244,9 @@ class AirflowApi:
             "max_active_runs": max_active_runs,
         }
         return self.request("POST", "/backfills", json=body)
+
+    def backfills(self, dag_id: str) -> list[dict[str, Any]]:
+        return self.request("GET", "/backfills", params={"dag_id": dag_id, "limit": 100})["backfills"]
 
     def backfill(self, backfill_id: int) -> dict[str, Any]:
         return self.request("GET", f"/backfills/{backfill_id}")
@@ -308,6 +340,7 @@ class AirflowStack:
         celery_workers: int = 2,
         worker_concurrency: int = 2,
         dags_folder: str | os.PathLike[str] | None = None,
+        stored_connections: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         if parallelism < 2:
             raise ValueError("parallelism must be > 1: the tier checks tasks that run side by side")
@@ -320,7 +353,11 @@ class AirflowStack:
         self.executor = executor
         self.parallelism = parallelism
         self.pool_slots = pool_slots
+        # ``connections`` reach the processes as AIRFLOW_CONN_* (fixed for the stack's life);
+        # ``stored_connections`` are imported into the metadata database before the processes
+        # start, where the REST API (``api.set_connection``) can replace them while it runs.
         self.connections = dict(connections or {})
+        self.stored_connections = dict(stored_connections or {})
         self.variables = dict(variables or {})
         self.celery_workers = celery_workers if executor == "CeleryExecutor" else 0
         self.worker_concurrency = worker_concurrency
@@ -335,6 +372,7 @@ class AirflowStack:
         self.queue = f"deploy_{secrets.token_hex(4)}"
         self.redis_db: int | None = None
         self.password = secrets.token_urlsafe(16)  # API_USER's, for the API and the UI's login
+        self.env: dict[str, str] = {}  # every process's environment, once started
         self._procs: list[_Process] = []
         self.api = AirflowApi(self.base_url, API_USER, self.password)
 
@@ -368,10 +406,14 @@ class AirflowStack:
         # The user's password file is written before the api-server starts, so it
         # keeps it instead of generating (and printing) one.
         (self.workdir / "passwords.json").write_text(json.dumps({API_USER: self.password}))
-        env = self._environment()
+        env = self.env = self._environment()
         self._run_cli("db-migrate", ["db", "migrate"], env, MIGRATE_TIMEOUT)
         self._run_cli("pools-set", ["pools", "set", POOL, str(self.pool_slots), "MigoSMTP API calls"], env)
         self._run_cli("planning-pool", ["pools", "set", PLANNING_POOL, "1", "One plan at a time"], env)
+        if self.stored_connections:
+            stored = self.workdir / "stored_connections.json"
+            stored.write_text(json.dumps(self.stored_connections))
+            self._run_cli("connections-import", ["connections", "import", str(stored)], env)
 
         self._spawn(
             "api-server",
@@ -415,6 +457,7 @@ class AirflowStack:
             process.popen.wait()
             process.log_file.close()
         self._procs.clear()
+        self.env = {}
         self.api.close()
         if self.redis_db is not None:
             _delete_redis_queue(self.redis_db, self.queue)
@@ -485,7 +528,7 @@ class AirflowStack:
     def _worker_environment(self, env: dict[str, str], hostname: str) -> dict[str, str]:
         return {
             **env,
-            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.deployment.worker_hostname.hostname",
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "demo.worker_hostname.hostname",
             "DEPLOYMENT_WORKER_HOSTNAME": hostname,
         }
 
@@ -515,6 +558,23 @@ class AirflowStack:
                 problem = f"`airflow {' '.join(args)}` exited with {done.returncode}"
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-60:])
         raise StackError(f"{name}: {problem}\n--- tail of {log_path} ---\n{tail}")
+
+    def airflow_cli(
+        self, args: list[str], input: str | None = None, timeout: float = CLI_TIMEOUT
+    ) -> subprocess.CompletedProcess[str]:
+        """``airflow <args>`` as a user of this deployment runs it (its environment, its metadata
+        database), ``input`` typed at its prompts; returns the finished process, output captured."""
+        if not self.env:
+            raise StackError("the stack is not started")
+        return subprocess.run(
+            self._airflow(args),
+            cwd=self.workdir,
+            env=self.env,
+            input=input if input is not None else "",
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
         log_path = self.logs / f"{name}.log"
