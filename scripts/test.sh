@@ -3,8 +3,11 @@
 #
 # pytest runs twice, and the script fails if either run fails:
 #   1. the fast tier, every test not marked `deployment`, on TEST_WORKERS pytest-xdist workers
-#      (default `auto`: one per core; TEST_WORKERS=0 runs it in one process);
-#   2. the deployment tier (`-m deployment`: real Airflow stacks), in one process, after the first.
+#      (default 4: most of its time is spent waiting, so more workers than cores pay;
+#      TEST_WORKERS=0 runs it in one process);
+#   2. the deployment tier (`-m deployment`: real Airflow stacks), in one process, at the same
+#      time as the first (its output is printed when both are done); TEST_TIERS=one-by-one, or -x,
+#      runs it after the first instead.
 # Arguments pass through to both runs. A `-m EXPR` of yours narrows each tier (`-m "not deployment"`
 # runs only the first, `-m deployment` only the second); a path or node id selects as usual. A tier
 # that selects no test is passed over (pytest's exit code 5); when neither selects one, exit code 5.
@@ -49,19 +52,46 @@ esac
 
 fast_rc=5
 deployment_rc=5
-if [ -n "$fast" ]; then
+# Each tier has a temp folder of its own: pytest prunes all but the newest three of its default
+# ones, which would delete a running tier's files. Kept when a tier fails (the stacks' logs).
+temp=$(mktemp -d "${TMPDIR:-/tmp}/bulk-email-tests.XXXXXX")
+run_fast() {
+  .venv/bin/python -m pytest -n "${TEST_WORKERS:-4}" --dist loadgroup --basetemp "$temp/fast" -m "$fast" \
+    ${args[@]+"${args[@]}"}
+}
+run_deployment() {
+  .venv/bin/python -m pytest --basetemp "$temp/deployment" -m "$deployment" ${args[@]+"${args[@]}"}
+}
+if [ -n "$fast" ] && [ -n "$deployment" ] && ! $exitfirst && [ "${TEST_TIERS:-together}" = together ]; then
+  # Both tiers mostly wait (stacks starting, rate windows, retry delays), so they share the
+  # machine well: the deployment tier runs beside the fast tier, its output kept until the end.
+  log=$temp/deployment-tier.log
+  run_deployment >"$log" 2>&1 &
+  deployment_pid=$!
   fast_rc=0
-  .venv/bin/python -m pytest -n "${TEST_WORKERS:-auto}" --dist loadgroup -m "$fast" ${args[@]+"${args[@]}"} || fast_rc=$?
-fi
-if [ -n "$deployment" ] && ! { $exitfirst && [ "$fast_rc" -ne 0 ] && [ "$fast_rc" -ne 5 ]; }; then
+  run_fast || fast_rc=$?
   deployment_rc=0
-  .venv/bin/python -m pytest -m "$deployment" ${args[@]+"${args[@]}"} || deployment_rc=$?
+  wait "$deployment_pid" || deployment_rc=$?
+  echo "---- deployment tier (-m \"$deployment\") ----"
+  cat "$log"
+
+else
+  if [ -n "$fast" ]; then
+    fast_rc=0
+    run_fast || fast_rc=$?
+  fi
+  if [ -n "$deployment" ] && ! { $exitfirst && [ "$fast_rc" -ne 0 ] && [ "$fast_rc" -ne 5 ]; }; then
+    deployment_rc=0
+    run_deployment || deployment_rc=$?
+  fi
 fi
 
 for rc in "$fast_rc" "$deployment_rc"; do
   if [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ]; then
+    echo "test.sh: a tier failed; its temp files are in $temp" >&2
     exit "$rc"
   fi
 done
+rm -rf "$temp"
 [ "$fast_rc" -eq 5 ] && [ "$deployment_rc" -eq 5 ] && exit 5
 exit 0
