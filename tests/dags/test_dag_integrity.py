@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -200,46 +199,6 @@ class TestWeeklyNewsletterDag:
         lines = [line for line in code.splitlines() if line.strip()]
 
         assert len(lines) <= 14, lines
-
-
-class TestCampaignDagFactory:
-    def test_param_defaults_replace_the_built_in_ones(self):
-        from include.campaign.dag_factory import campaign_dag
-
-        dag = campaign_dag(
-            "factory_defaults", schedule="@daily", subject="Hi", hourly_cap=20, max_batch_size=9
-        )
-
-        assert dag.params.get_param("subject").value == "Hi"
-        assert dag.params.get_param("hourly_cap").value == 20
-        assert dag.params.get_param("max_batch_size").value == 9
-        assert dag.params.get_param("daily_cap").value == 1500
-        assert dag.params.get_param("campaign_id").value == ""
-
-    def test_the_usual_dag_keywords_pass_through(self):
-        from include.campaign.dag_factory import campaign_dag
-
-        start = datetime(2026, 6, 1, tzinfo=UTC)
-        dag = campaign_dag("factory_keywords", start_date=start, catchup=True, tags=["x"], description="d")
-
-        assert (dag.start_date, dag.catchup, dag.tags, dag.description) == (start, True, {"x"}, "d")
-        assert dag.schedule is None
-        assert dag.params.get_param("campaign_id").has_value is False  # manual: required
-
-    @pytest.mark.parametrize(
-        ("defaults", "message"),
-        [
-            ({"subjekt": "typo"}, r"unknown campaign Param\(s\) subjekt"),
-            ({"campaign_id": "fixed"}, "campaign_id cannot have a DAG-level default"),
-            ({"hourly_cap": 0}, "default 0 for campaign Param 'hourly_cap' is invalid"),
-            ({"recipients_table": "a; DROP TABLE b"}, "campaign Param 'recipients_table' is invalid"),
-        ],
-    )
-    def test_a_bad_default_fails_at_parse_time_naming_it(self, defaults, message):
-        from include.campaign.dag_factory import campaign_dag
-
-        with pytest.raises((TypeError, ValueError), match=message):
-            campaign_dag("factory_bad", schedule="@daily", **defaults)
 
 
 class TestDagFileParsing:
