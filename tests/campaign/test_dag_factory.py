@@ -63,11 +63,12 @@ class TestCampaignDagFactory:
             campaign_dag("factory_bad", schedule="@daily", **defaults)
 
 
-class TestTheDagItBuilds:
-    @pytest.fixture(scope="class")
-    def dag(self):
-        return campaign_dag("factory_shape", schedule="@daily")
+@pytest.fixture(scope="module")
+def dag():
+    return campaign_dag("factory_shape", schedule="@daily")
 
+
+class TestTheDagItBuilds:
     def test_plan_runs_alone_in_the_planning_pool(self, dag):
         assert dag.get_task("plan").pool == PLANNING_POOL
 
