@@ -82,6 +82,7 @@ def main() -> int:
     from demo.audience import create_recipients_table
     from demo.receiver import webhook_receiver
     from include.campaign import ledger
+    from include.campaign.provider import EVENT_TYPES
     from include.campaign.settings import derive_campaign_id
     from include.warehouse import fetch_dicts, get_warehouse_hook
     from sandbox import SandboxProcess
@@ -158,15 +159,16 @@ def main() -> int:
     }
     print(
         f"{'batch':>5}  {'send_at':20}  {'count':>5}  {'status':9}  {'attempts':>8}  "
-        f"{'delivered':>9} {'bounced':>7} {'deferred':>8} {'complained':>10} {'unsubscribed':>12}  batch_id"
+        + " ".join(f"{kind:>{len(kind)}}" for kind in EVENT_TYPES)
+        + "  batch_id"
     )
     for row in entries:
         d = deliveries.get(row["batch_number"], {})
         print(
             f"{row['batch_number']:>5}  {row['send_at']:20}  {row['recipient_count']:>5}  {row['status']:9}  "
-            f"{row['attempts']:>8}  {d.get('delivered', 0):>9} {d.get('bounced', 0):>7} "
-            f"{d.get('deferred', 0):>8} {d.get('complained', 0):>10} {d.get('unsubscribed', 0):>12}  "
-            f"{row['batch_id'] or '-'}"
+            f"{row['attempts']:>8}  "
+            + " ".join(f"{d.get(kind, 0):>{len(kind)}}" for kind in EVENT_TYPES)
+            + f"  {row['batch_id'] or '-'}"
         )
     per_day = Counter()
     for row in entries:
@@ -183,7 +185,7 @@ def main() -> int:
     )
     totals = Counter()
     for d in deliveries.values():
-        for kind in ("delivered", "bounced", "deferred", "complained", "unsubscribed"):
+        for kind in EVENT_TYPES:
             totals[kind] += d[kind]
     print(
         f"Webhook events: {len(events)} emitted by the sandbox, "
