@@ -5,8 +5,8 @@
 #   1. the fast tier, every test not marked `deployment`, on TEST_WORKERS pytest-xdist workers
 #      (default 4: most of its time is spent waiting, so more workers than cores pay;
 #      TEST_WORKERS=0 runs it in one process);
-#   2. the deployment tier (`-m deployment`: real Airflow stacks), in one process, at the same
-#      time as the first (its output is printed when both are done); TEST_TIERS=one-by-one, or -x,
+#   2. the deployment tier (`-m deployment`: real Airflow stacks), on DEPLOYMENT_WORKERS workers
+#      (default 3, one per stack; 0 runs it in one process), at the same time as the first (its output is printed when both are done); TEST_TIERS=one-by-one, or -x,
 #      runs it after the first instead.
 # Arguments pass through to both runs. A `-m EXPR` of yours narrows each tier (`-m "not deployment"`
 # runs only the first, `-m deployment` only the second); a path or node id selects as usual. A tier
@@ -60,7 +60,10 @@ run_fast() {
     ${args[@]+"${args[@]}"}
 }
 run_deployment() {
-  .venv/bin/python -m pytest --basetemp "$temp/deployment" -m "$deployment" ${args[@]+"${args[@]}"}
+  # One worker per stack: the tests that share the LocalExecutor stack are one xdist group
+  # (tests/deployment/conftest.py), the Celery and webhook tests with stacks of their own two more.
+  .venv/bin/python -m pytest -n "${DEPLOYMENT_WORKERS:-3}" --dist loadgroup --basetemp "$temp/deployment" \
+    -m "$deployment" ${args[@]+"${args[@]}"}
 }
 if [ -n "$fast" ] && [ -n "$deployment" ] && ! $exitfirst && [ "${TEST_TIERS:-together}" = together ]; then
   # Both tiers mostly wait (stacks starting, rate windows, retry delays), so they share the

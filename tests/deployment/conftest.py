@@ -17,6 +17,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -124,3 +125,15 @@ def local_stack(shared_local_stack: AirflowStack, postgres_warehouse: Warehouse)
             stack.api.delete_connection(conn_id)
     for conn_id, conn in stack.stored_connections.items():
         stack.api.set_connection(conn_id, conn)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``-n --dist loadgroup`` the tests that share the LocalExecutor stack stay on one worker,
+    so there is one such stack; each module whose tests start a stack of their own is a group too."""
+    here = Path(__file__).parent
+    for item in items:
+        if here not in item.path.parents:
+            continue
+        group = "local_stack" if "local_stack" in getattr(item, "fixturenames", ()) else item.path.stem
+        item.add_marker(pytest.mark.xdist_group(group))
