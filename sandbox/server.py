@@ -548,6 +548,8 @@ class Store:
                     "tags": json.loads(r["tags_json"]),
                     "delivered": r["delivered"],
                     "skipped": int(r["skipped"] != 0),
+                    # Accepted, and still to be POSTed once more as a duplicate.
+                    "redelivery_pending": r["dup_pending"],
                 }
                 for r in events
             ],

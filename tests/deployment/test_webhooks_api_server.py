@@ -81,7 +81,8 @@ def _dag_parsed(stack: AirflowStack, dag_id: str) -> dict[str, Any] | None:
 
 def _all_events_delivered(sandbox: SandboxProcess) -> list[dict[str, Any]] | None:
     events = sandbox.events()
-    if len(events) == RECIPIENTS and all(e["delivered"] for e in events):
+    # Duplicates go out after every new event: wait for them too, or the redelivery check races.
+    if len(events) == RECIPIENTS and all(e["delivered"] and not e["redelivery_pending"] for e in events):
         return events
     return None
 

@@ -524,6 +524,7 @@ def test_duplicates_and_out_of_order_dedupe_to_each_recipients_sequence(
     wait_delivered(sandbox, batch_id)
     # Every accepted event is re-sent exactly once with duplicate_rate 1.0.
     wait_for(lambda: len(receiver.accepted_events()) == 2 * total)
+    wait_for(lambda: not any(e["redelivery_pending"] for e in sandbox.events()))
     received = receiver.accepted_events()
     assert Counter(Counter(e["event_id"] for e in received).values()) == {2: total}
     assert {r: steps_of(es) for r, es in by_recipient(received).items()} == seqs
