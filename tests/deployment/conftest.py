@@ -127,13 +127,31 @@ def local_stack(shared_local_stack: AirflowStack, postgres_warehouse: Warehouse)
         stack.api.set_connection(conn_id, conn)
 
 
-@pytest.hookimpl(tryfirst=True)
+SHARED_STACK_GROUP = "local_stack"
+
+
+def _groups(item: pytest.Item) -> set[str]:
+    marks = item.iter_markers("xdist_group")
+    return {m.args[0] if m.args else m.kwargs.get("name", "default") for m in marks}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under ``-n --dist loadgroup`` the tests that share the LocalExecutor stack stay on one worker,
-    so there is one such stack; each module whose tests start a stack of their own is a group too."""
+    """Every test on the shared stack must carry ``xdist_group("local_stack")``, so that under
+    ``-n --dist loadgroup`` they all run on one worker and there is one such stack.
+
+    The mark is written in the test modules: xdist reads the groups in its own collection hook,
+    which runs before this conftest's (pytest-xdist #1241, #1253), so a mark added here comes too late
+    and each worker would start a shared stack of its own. Here it is only checked."""
     here = Path(__file__).parent
-    for item in items:
-        if here not in item.path.parents:
-            continue
-        group = "local_stack" if "local_stack" in getattr(item, "fixturenames", ()) else item.path.stem
-        item.add_marker(pytest.mark.xdist_group(group))
+    unmarked = [
+        item.nodeid
+        for item in items
+        if here in item.path.parents
+        and "local_stack" in getattr(item, "fixturenames", ())
+        and SHARED_STACK_GROUP not in _groups(item)
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            f"tests on the shared stack without pytest.mark.xdist_group({SHARED_STACK_GROUP!r}): "
+            + ", ".join(unmarked)
+        )

@@ -17,7 +17,8 @@ from include.warehouse import utc_text
 from sandbox import SandboxProcess
 from tests.deployment.campaign_checks import API_KEY, first_slot
 
-pytestmark = pytest.mark.deployment
+# One xdist worker runs every test on the shared stack (tests/deployment/conftest.py).
+pytestmark = [pytest.mark.deployment, pytest.mark.xdist_group("local_stack")]
 
 CONF = {"max_batch_size": 10, "hourly_cap": 20, "daily_cap": 1000}
 
