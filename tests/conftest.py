@@ -6,6 +6,7 @@ set here, before any test module imports it.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -25,6 +26,8 @@ from demo.airflow_stack import POSTGRES, postgres_admin
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="bulk-email-airflow-"))
+# Each pytest process (xdist's controller and every worker) has its own, gone when it exits.
+atexit.register(shutil.rmtree, _AIRFLOW_HOME, ignore_errors=True)
 # Airflow's dags folder for the session: the project's DAG files plus a factory-built test campaign.
 # dag.test() runs only DAGs it finds in that folder, so a test DAG must be a file there too.
 DAGS_FOLDER = _AIRFLOW_HOME / "dags"
