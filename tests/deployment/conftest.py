@@ -137,11 +137,12 @@ def _groups(item: pytest.Item) -> set[str]:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every test on the shared stack must carry ``xdist_group("local_stack")``, so that under
-    ``-n --dist loadgroup`` they all run on one worker and there is one such stack.
+    ``-n --dist loadgroup`` they can all run on one worker, with one such stack.
 
-    The mark is written in the test modules: xdist reads the groups in its own collection hook,
-    which runs before this conftest's (pytest-xdist #1241, #1253), so a mark added here comes too late
-    and each worker would start a shared stack of its own. Here it is only checked."""
+    The mark is written in the test modules, not added here: a mark added by a conftest hook may
+    come after xdist's own hook has read the groups (pytest-xdist #1241, #1253). Here it is only
+    checked. With pytest 9.2 and pytest-xdist 3.8 xdist ignores every group (it sets
+    ``Node._nodeid``, which 9.2 no longer reads), so each worker may start a shared stack."""
     here = Path(__file__).parent
     unmarked = [
         item.nodeid
