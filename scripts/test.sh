@@ -5,8 +5,9 @@
 #   1. the fast tier, every test not marked `deployment`, on TEST_WORKERS pytest-xdist workers
 #      (default 4: most of its time is spent waiting, so more workers than cores pay;
 #      TEST_WORKERS=0 runs it in one process);
-#   2. the deployment tier (`-m deployment`: real Airflow stacks), on DEPLOYMENT_WORKERS workers
-#      (default 3, one per stack; 0 runs it in one process), at the same time as the first (its output is printed when both are done); TEST_TIERS=one-by-one, or -x,
+#   2. the deployment tier (`-m deployment`: real Airflow stacks) in one process, so one stack at
+#      a time (a stack alone keeps both cores busy; the LocalExecutor tests share one), at the same
+#      time as the first (its output is printed when both are done); TEST_TIERS=one-by-one, or -x,
 #      runs it after the first instead.
 # Arguments pass through to both runs. A `-m EXPR` of yours narrows each tier (`-m "not deployment"`
 # runs only the first, `-m deployment` only the second); a path or node id selects as usual. A tier
@@ -55,19 +56,23 @@ deployment_rc=5
 # Each tier has a temp folder of its own: pytest prunes all but the newest three of its default
 # ones, which would delete a running tier's files. Kept when a tier fails (the stacks' logs).
 temp=$(mktemp -d "${TMPDIR:-/tmp}/bulk-email-tests.XXXXXX")
+fast_prefix=()
 run_fast() {
-  .venv/bin/python -m pytest -n "${TEST_WORKERS:-4}" --dist loadgroup --basetemp "$temp/fast" -m "$fast" \
+  ${fast_prefix[@]+"${fast_prefix[@]}"} .venv/bin/python -m pytest -n "${TEST_WORKERS:-4}" --basetemp "$temp/fast" -m "$fast" \
     ${args[@]+"${args[@]}"}
 }
 run_deployment() {
-  # One worker per stack: the tests that share the LocalExecutor stack are one xdist group
-  # (tests/deployment/conftest.py), the Celery and webhook tests with stacks of their own two more.
-  .venv/bin/python -m pytest -n "${DEPLOYMENT_WORKERS:-3}" --dist loadgroup --basetemp "$temp/deployment" \
+  # One process: its session starts the shared LocalExecutor stack once (tests/deployment/conftest.py),
+  # and the Celery and webhook tests' own stacks never run beside it.
+  .venv/bin/python -m pytest -n 0 --basetemp "$temp/deployment" \
     -m "$deployment" ${args[@]+"${args[@]}"}
 }
 if [ -n "$fast" ] && [ -n "$deployment" ] && ! $exitfirst && [ "${TEST_TIERS:-together}" = together ]; then
   # Both tiers mostly wait (stacks starting, rate windows, retry delays), so they share the
   # machine well: the deployment tier runs beside the fast tier, its output kept until the end.
+  # The deployment tier is the longer one (628 s alone against 316 s here), so the fast tier
+  # runs niced: it takes the cores while a stack waits, and does not slow the stack down.
+  fast_prefix=(nice -n 10)
   log=$temp/deployment-tier.log
   run_deployment >"$log" 2>&1 &
   deployment_pid=$!

@@ -1,7 +1,8 @@
 """The deployment tier's marker, its warehouse (a fresh PostgreSQL database per test), and the one
 LocalExecutor stack that every test on that configuration shares.
 
-The shared stack is started once per session (``shared_local_stack``). Each test that takes
+The shared stack is started once per session (``shared_local_stack``); ``scripts/test.sh`` runs
+the tier in one process, so there is one such stack, and never two stacks at a time. Each test that takes
 ``local_stack`` gets it with ``warehouse_default`` pointed at the test's own fresh database; the
 test points ``migosmtp_default`` (and any other connection) at its own sandbox with
 ``stack.api.set_connection``. Connections live in the metadata database, not in the processes'
@@ -17,7 +18,6 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -125,34 +125,3 @@ def local_stack(shared_local_stack: AirflowStack, postgres_warehouse: Warehouse)
             stack.api.delete_connection(conn_id)
     for conn_id, conn in stack.stored_connections.items():
         stack.api.set_connection(conn_id, conn)
-
-
-SHARED_STACK_GROUP = "local_stack"
-
-
-def _groups(item: pytest.Item) -> set[str]:
-    marks = item.iter_markers("xdist_group")
-    return {m.args[0] if m.args else m.kwargs.get("name", "default") for m in marks}
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test on the shared stack must carry ``xdist_group("local_stack")``, so that under
-    ``-n --dist loadgroup`` they can all run on one worker, with one such stack.
-
-    The mark is written in the test modules, not added here: a mark added by a conftest hook may
-    come after xdist's own hook has read the groups (pytest-xdist #1241, #1253). Here it is only
-    checked. With pytest 9.2 and pytest-xdist 3.8 xdist ignores every group (it sets
-    ``Node._nodeid``, which 9.2 no longer reads), so each worker may start a shared stack."""
-    here = Path(__file__).parent
-    unmarked = [
-        item.nodeid
-        for item in items
-        if here in item.path.parents
-        and "local_stack" in getattr(item, "fixturenames", ())
-        and SHARED_STACK_GROUP not in _groups(item)
-    ]
-    if unmarked:
-        raise pytest.UsageError(
-            f"tests on the shared stack without pytest.mark.xdist_group({SHARED_STACK_GROUP!r}): "
-            + ", ".join(unmarked)
-        )

@@ -27,8 +27,7 @@ from sandbox import SandboxProcess
 from tests.conftest import REPO_ROOT
 from tests.deployment.campaign_checks import API_KEY, first_slot
 
-# One xdist worker runs every test on the shared stack (tests/deployment/conftest.py).
-pytestmark = [pytest.mark.deployment, pytest.mark.xdist_group("local_stack")]
+pytestmark = pytest.mark.deployment
 
 CHROMIUM = "/usr/bin/chromium"
 WEBHOOK_SECRET = "whsec-browser"

@@ -17,8 +17,7 @@ from include.warehouse import utc_text
 from sandbox import SandboxProcess
 from tests.deployment.campaign_checks import API_KEY, first_slot
 
-# One xdist worker runs every test on the shared stack (tests/deployment/conftest.py).
-pytestmark = [pytest.mark.deployment, pytest.mark.xdist_group("local_stack")]
+pytestmark = pytest.mark.deployment
 
 CONF = {"max_batch_size": 10, "hourly_cap": 20, "daily_cap": 1000}
 

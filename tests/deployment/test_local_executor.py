@@ -29,8 +29,7 @@ from tests.deployment.campaign_checks import (
 from tests.deployment.conftest import POOL_SLOTS
 from tests.helpers import assert_ledger_matches_sandbox, sends_per_key
 
-# One xdist worker runs every test on the shared stack (tests/deployment/conftest.py).
-pytestmark = [pytest.mark.deployment, pytest.mark.xdist_group("local_stack")]
+pytestmark = pytest.mark.deployment
 
 
 def test_a_campaign_triggered_over_rest_is_sent_once_within_the_pool(

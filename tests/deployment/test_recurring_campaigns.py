@@ -18,8 +18,7 @@ from tests.deployment.campaign_checks import API_KEY
 from tests.deployment.conftest import WEEKLY
 from tests.helpers import sends as posts
 
-# One xdist worker runs every test on the shared stack (tests/deployment/conftest.py).
-pytestmark = [pytest.mark.deployment, pytest.mark.xdist_group("local_stack")]
+pytestmark = pytest.mark.deployment
 
 SUBSCRIBERS = 20
 # The tests share one stack, so each recurring test has weeks of its own (a logical date has one

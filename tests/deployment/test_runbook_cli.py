@@ -120,7 +120,6 @@ def _kind(argv: list[str]) -> str:
 
 
 @pytest.mark.deployment
-@pytest.mark.xdist_group("local_stack")  # the shared stack's worker (tests/deployment/conftest.py)
 def test_the_runbook_commands_as_printed_do_what_the_readme_says(
     tmp_path, postgres_warehouse, local_stack: AirflowStack
 ):
