@@ -408,8 +408,17 @@ class AirflowStack:
         (self.workdir / "passwords.json").write_text(json.dumps({API_USER: self.password}))
         env = self.env = self._environment()
         self._run_cli("db-migrate", ["db", "migrate"], env, MIGRATE_TIMEOUT)
-        self._run_cli("pools-set", ["pools", "set", POOL, str(self.pool_slots), "MigoSMTP API calls"], env)
-        self._run_cli("planning-pool", ["pools", "set", PLANNING_POOL, "1", "One plan at a time"], env)
+        # Both pools in one CLI call: each call is an Airflow import, seconds of CPU.
+        pools = self.workdir / "pools.json"
+        pools.write_text(
+            json.dumps(
+                {
+                    POOL: {"slots": self.pool_slots, "description": "MigoSMTP API calls"},
+                    PLANNING_POOL: {"slots": 1, "description": "One plan at a time"},
+                }
+            )
+        )
+        self._run_cli("pools-import", ["pools", "import", str(pools)], env)
         if self.stored_connections:
             stored = self.workdir / "stored_connections.json"
             stored.write_text(json.dumps(self.stored_connections))

@@ -33,10 +33,11 @@ pytestmark = pytest.mark.deployment
 WORKERS = 2
 WORKER_CONCURRENCY = 2
 POOL_SLOTS = 2
-# Fewer sends allowed per minute than there are batches, so the run must wait for the next
-# window; the sandbox's window is a fixed 60 s. (The 429 path itself: tests/dags.)
-REQUESTS_PER_MINUTE = 12
-RATE_WINDOW = timedelta(seconds=60)
+# Fewer sends allowed per window than there are batches, so the run must wait for the next
+# window: 20 s here (the real API's is a minute), long enough that the first window's sends
+# run out before it ends. (The 429 path itself: tests/dags.)
+REQUESTS_PER_WINDOW = 12
+RATE_WINDOW = timedelta(seconds=20)
 
 
 def _at(request: dict) -> datetime:
@@ -46,7 +47,7 @@ def _at(request: dict) -> datetime:
 def window_starts(sends: list[dict], first_window_start: datetime) -> list[datetime]:
     """The start of the sandbox's rate window each send fell in.
 
-    The sandbox counts fixed 60 s windows: the first from its reset, each later one from the
+    The sandbox counts fixed windows: the first from its reset, each later one from the
     first send after the previous window ended (sandbox/server.py RateLimiter).
     """
     window_start, starts = first_window_start, []
@@ -65,7 +66,10 @@ def test_a_campaign_on_two_celery_workers_is_sent_once_within_pool_and_paced_to_
 
     with (
         SandboxProcess(
-            tmp_path / "sandbox.db", api_key=API_KEY, requests_per_minute=REQUESTS_PER_MINUTE
+            tmp_path / "sandbox.db",
+            api_key=API_KEY,
+            requests_per_minute=REQUESTS_PER_WINDOW,
+            rate_window_seconds=RATE_WINDOW.total_seconds(),
         ) as sandbox,
         AirflowStack(
             tmp_path / "stack",
@@ -107,4 +111,4 @@ def test_a_campaign_on_two_celery_workers_is_sent_once_within_pool_and_paced_to_
     assert [r["status_code"] for r in sends] == [202] * BATCHES
     per_window = Counter(window_starts(sends, first_window_start))
     assert len(per_window) >= 2
-    assert max(per_window.values()) <= REQUESTS_PER_MINUTE
+    assert max(per_window.values()) <= REQUESTS_PER_WINDOW
