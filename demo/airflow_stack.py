@@ -91,10 +91,24 @@ def create_postgres_database(prefix: str) -> str:
 
 
 def copy_postgres_database(prefix: str, template: str) -> str:
-    """A new database with ``template``'s contents (PostgreSQL copies it, nobody may be connected)."""
+    """A new database with ``template``'s contents. Nobody may be connected to ``template``;
+    the backend of a client that just disconnected may outlive it by a moment, so that is waited out."""
     name = f"{prefix}_{secrets.token_hex(6)}"
-    postgres_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    return name
+    for _ in range(50):
+        try:
+            postgres_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+            return name
+        except psycopg.errors.ObjectInUse:
+            time.sleep(0.1)
+    raise StackError(f"could not copy the database {template}: still in use after 5 s")
+
+
+# A copy of this process's first freshly migrated metadata database, dropped when it exits.
+_migrated: str | None = None
+
+
+def _new_metadata_database() -> str:
+    return copy_postgres_database("airflow", _migrated) if _migrated else create_postgres_database("airflow")
 
 
 def drop_postgres_database(name: str) -> None:
@@ -561,14 +575,7 @@ class AirflowStack:
             return
         self._run_cli("db-migrate", ["db", "migrate"], env, MIGRATE_TIMEOUT)
         assert self.database is not None
-        for _ in range(50):  # the CLI's backend may outlive its exit by a moment
-            try:
-                _migrated = copy_postgres_database("airflow_migrated", self.database)
-                break
-            except psycopg.errors.ObjectInUse:
-                time.sleep(0.1)
-        else:
-            raise StackError(f"could not copy the migrated database {self.database}: still in use")
+        _migrated = copy_postgres_database("airflow_migrated", self.database)
         atexit.register(drop_postgres_database, _migrated)
 
     def _airflow(self, args: list[str]) -> list[str]:
@@ -741,14 +748,6 @@ class AirflowStack:
 
 
 # -- Redis (Celery broker) ---------------------------------------------------------------------
-
-
-# A copy of this process's first freshly migrated metadata database, dropped when it exits.
-_migrated: str | None = None
-
-
-def _new_metadata_database() -> str:
-    return copy_postgres_database("airflow", _migrated) if _migrated else create_postgres_database("airflow")
 
 
 def _empty_redis_db() -> int:

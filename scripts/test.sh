@@ -58,8 +58,8 @@ deployment_rc=5
 temp=$(mktemp -d "${TMPDIR:-/tmp}/bulk-email-tests.XXXXXX")
 fast_prefix=()
 run_fast() {
-  ${fast_prefix[@]+"${fast_prefix[@]}"} .venv/bin/python -m pytest -n "${TEST_WORKERS:-4}" --basetemp "$temp/fast" -m "$fast" \
-    ${args[@]+"${args[@]}"}
+  ${fast_prefix[@]+"${fast_prefix[@]}"} .venv/bin/python -m pytest -n "${TEST_WORKERS:-4}" \
+    --basetemp "$temp/fast" -m "$fast" ${args[@]+"${args[@]}"}
 }
 run_deployment() {
   # One process: its session starts the shared LocalExecutor stack once (tests/deployment/conftest.py),

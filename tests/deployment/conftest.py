@@ -2,10 +2,10 @@
 LocalExecutor stack that every test on that configuration shares.
 
 The shared stack is started once per session (``shared_local_stack``); ``scripts/test.sh`` runs
-the tier in one process, so there is one such stack, and never two stacks at a time. Each test that takes
-``local_stack`` gets it with ``warehouse_default`` pointed at the test's own fresh database; the
-test points ``migosmtp_default`` (and any other connection) at its own sandbox with
-``stack.api.set_connection``. Connections live in the metadata database, not in the processes'
+the tier in one process, so there is one such stack, and never two stacks at a time. Each test
+that takes ``local_stack`` gets it with ``warehouse_default`` pointed at the test's own fresh
+database; the test points ``migosmtp_default`` (and any other connection) at its own sandbox
+with ``stack.api.set_connection``. Connections live in the metadata database, not in the processes'
 environment, so every task, the API server's plugins and the CLI read the test's. Tests keep
 their data apart by their own campaign_ids and DAG runs; afterwards nothing of theirs is left
 running and the session's connections are back. Tests that need another configuration (the
