@@ -2,8 +2,10 @@
 
 Every 15 minutes, and on demand, each campaign with batches still out for
 delivery gets its per-batch counts recomputed from ``email_events``; batches
-whose recipients are all final become ``delivered``. The ledger is an Asset,
-so reporting DAGs can run when it changes.
+whose recipients are all final become ``delivered``. A campaign whose complaint
+or hard-bounce rate is past the thresholds its run recorded is paused, with one
+alert (``include.campaign.deliveries.pause_on_bad_start``). The ledger is an
+Asset, so reporting DAGs can run when it changes.
 """
 
 from __future__ import annotations

@@ -1,13 +1,19 @@
 """Run one real campaign on the embedded default and print its ledger.
 
     python -m demo [--recipients 5000] [--bad-every 100] [--start-at 2026-12-01T00:00:00Z]
-                   [--dag bulk_email_campaign|weekly_newsletter]
+                   [--dag bulk_email_campaign|weekly_newsletter] [--local-time]
 
 Seeds a SQLite warehouse under ``.demo/``, starts the MigoSMTP sandbox on
 loopback, points ``warehouse_default`` and ``migosmtp_default`` at them, runs
 the ``bulk_email_campaign`` DAG (or, with ``--dag weekly_newsletter``, last
 Monday's newsletter, the run its schedule makes) with ``dag.test()`` in a
 project-local AIRFLOW_HOME, then checks the ledger against what the sandbox received.
+
+``--local-time`` is the planner's second act on one campaign: recipients in six time zones
+(Kathmandu's +5:45, India's +5:30 and Lord Howe's half-hour DST among them), weekdays
+09:00-17:00 in each recipient's own zone, a warm-up ramp in the ``migosmtp_warmup``
+Variable (200, then 400 a day, for every campaign of the account), and a frequency cap of one
+mail a week after an earlier campaign mailed a tenth of the list.
 """
 
 from __future__ import annotations
@@ -27,6 +33,19 @@ DEMO_DIR = REPO_ROOT / ".demo"
 DEMO_API_KEY = "demo-key"
 DEMO_WEBHOOK_SECRET = "whsec_demo"
 MANUAL_DAG, WEEKLY_DAG = "bulk_email_campaign", "weekly_newsletter"
+# The article's plan lasts four days; the demo submits it at once (ten days ahead) so that it runs in a
+# minute. In production each batch waits, deferred, until submit_ahead_minutes (60) before its slot.
+ALL_AT_ONCE = 14_400
+# --local-time: a plan of weekdays under a ramp lasts a few weeks; submitted at once all the same.
+LOCAL_TIME_AT_ONCE = 60 * 24 * 60
+LOCAL_TIME_ZONES = (
+    "Europe/Berlin",
+    "America/New_York",
+    "Asia/Tokyo",
+    "Asia/Kolkata",
+    "Asia/Kathmandu",
+    "Australia/Lord_Howe",
+)
 
 
 def _wait_for_webhooks(sandbox, done, timeout: float = 180) -> list[dict]:
@@ -68,6 +87,11 @@ def _parse_args() -> argparse.Namespace:
         default=MANUAL_DAG,
         help=f"{WEEKLY_DAG}: last Monday's run, its campaign named after that logical date",
     )
+    parser.add_argument(
+        "--local-time",
+        action="store_true",
+        help="zones, a weekday 09:00-17:00 window, a warm-up ramp and a frequency cap on one campaign",
+    )
     return parser.parse_args()
 
 
@@ -93,7 +117,12 @@ def main() -> int:
         {"conn_type": "sqlite", "host": str(warehouse_path)}
     )
     hook = get_warehouse_hook()
-    conf = {"hourly_cap": args.hourly_cap, "daily_cap": args.daily_cap, "start_at": args.start_at}
+    conf = {
+        "hourly_cap": args.hourly_cap,
+        "daily_cap": args.daily_cap,
+        "start_at": args.start_at,
+        "submit_ahead_minutes": ALL_AT_ONCE,
+    }
     if args.dag == WEEKLY_DAG:
         create_recipients_table(hook, "newsletter_subscribers", args.recipients, args.bad_every)
         now = datetime.now(UTC)
@@ -101,9 +130,29 @@ def main() -> int:
         logical_date = monday if monday <= now else monday - timedelta(weeks=1)  # the latest that passed
         campaign_id = derive_campaign_id(WEEKLY_DAG, logical_date)  # campaign_id is left empty
     else:
-        create_recipients_table(hook, "recipients", args.recipients, args.bad_every)
+        zones = LOCAL_TIME_ZONES if args.local_time else ()
+        create_recipients_table(hook, "recipients", args.recipients, args.bad_every, zones=zones)
         logical_date = datetime.now(UTC)
         campaign_id = conf["campaign_id"] = "demo-" + logical_date.strftime("%Y%m%dT%H%M%S")
+    earlier = None
+    if args.local_time:
+        start = datetime.fromisoformat(args.start_at.replace("Z", "+00:00"))
+        os.environ["AIRFLOW_VAR_MIGOSMTP_WARMUP"] = json.dumps(
+            {"start": start.date().isoformat(), "daily": [200, 400]}
+        )
+        conf.update(
+            # Every Param the earlier run sets too: dag.test() keeps a run's conf in the DAG's params.
+            recipients_table="recipients",
+            submit_ahead_minutes=LOCAL_TIME_AT_ONCE,
+            send_days=["mon", "tue", "wed", "thu", "fri"],
+            send_hours="09:00-17:00",
+            max_mails_per_recipient=1,
+            frequency_days=7,
+        )
+        # An earlier campaign this week to the first tenth of the list (the same addresses).
+        create_recipients_table(hook, "earlier_recipients", args.recipients // 10)
+        earlier = {**conf, "campaign_id": f"{campaign_id}-earlier", "recipients_table": "earlier_recipients"}
+        earlier.update(send_hours="00:00-24:00", max_mails_per_recipient=0)
     os.environ["AIRFLOW_CONN_MIGOSMTP_WEBHOOK"] = json.dumps(
         {"conn_type": "generic", "password": DEMO_WEBHOOK_SECRET}
     )
@@ -132,11 +181,24 @@ def main() -> int:
             f"Running {args.dag} for {logical_date:%Y-%m-%dT%H:%MZ} {json.dumps(conf)} "
             f"against the sandbox at {sandbox.url} ..."
         )
+        if earlier is not None:
+            print(
+                f"First an earlier campaign, {earlier['campaign_id']}, to {args.recipients // 10} of them ..."
+            )
+            bag.get_dag(args.dag).test(run_conf=earlier, logical_date=logical_date - timedelta(seconds=1))
         run = bag.get_dag(args.dag).test(run_conf=conf, logical_date=logical_date)
         record = sandbox.record()
+        record["batches"] = [b for b in record["batches"] if f"campaign:{campaign_id}" in b["tags"]]
+        went = [r for r in ledger.rows(hook, campaign_id) if r["attempts"]]
+        ahead = conf["submit_ahead_minutes"]
+        print(
+            f"{len(went)} batches went to the sandbox at once (submit_ahead_minutes={ahead}: "
+            f"{ahead // 1440} days ahead, so the whole plan); none waited."
+        )
         # Fast-forward the sandbox past the last send_at: it delivers and posts the signed webhooks.
-        print(f"Fast-forwarding the sandbox a week; webhooks go to {receiver_url} ...")
-        sandbox.advance(7 * 24 * 3600)
+        days = 60 if args.local_time else 7
+        print(f"Fast-forwarding the sandbox {days} days; webhooks go to {receiver_url} ...")
+        sandbox.advance(days * 24 * 3600)
         _wait_for_webhooks(sandbox, lambda b: b["status"] != "scheduled")  # sent: first events out
         sandbox.advance(3600)  # and their follow-ups (a delivery after a deferral, a complaint after it)
         events = _wait_for_webhooks(sandbox, lambda b: b["status"] == "delivered")
@@ -175,6 +237,15 @@ def main() -> int:
         per_day[row["send_at"][:10]] += row["recipient_count"]
     summary = ledger.summarize(entries)
     print(f"\nRecipients per UTC day: {dict(sorted(per_day.items()))}")
+    if args.local_time:
+        from include.campaign import preview
+
+        print("Recipients per local hour (each recipient's own clock when the batch goes):")
+        for hour, zones in preview.by_local_hour(preview.local_hours(hook, campaign_id)).items():
+            print(
+                f"  {hour}  {sum(zones.values()):>5}  "
+                + ", ".join(f"{z} {n}" for z, n in sorted(zones.items()))
+            )
     print(f"Rejected rows: {dict(rejected)} (details in email_rejected_recipients)")
     print(f"Batches by status: {summary.by_status}; recipients in batches: {summary.recipients}")
     received = sum(b["recipient_count"] for b in record["batches"])

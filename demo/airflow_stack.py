@@ -236,6 +236,18 @@ class AirflowApi:
         }
         self.request("POST", "/connections", json=body)
 
+    def set_variable(self, key: str, value: str) -> None:
+        """Create or replace an Airflow Variable in the metadata database, as the UI does."""
+        self.delete_variable(key)
+        self.request("POST", "/variables", json={"key": key, "value": value})
+
+    def delete_variable(self, key: str) -> None:
+        try:
+            self.request("DELETE", f"/variables/{key}")
+        except ApiError as err:
+            if err.status != 404:
+                raise
+
     def delete_connection(self, conn_id: str) -> None:
         try:
             self.request("DELETE", f"/connections/{conn_id}")

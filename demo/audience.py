@@ -9,7 +9,7 @@ missing email) so the screening is exercised, not just the happy path.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from include.warehouse import quote_table
@@ -37,19 +37,19 @@ def sample_rows(count: int, bad_every: int = 0) -> Iterator[tuple]:
             }[kind]
 
 
-def create_recipients_table(hook: DbApiHook, table: str, count: int, bad_every: int = 0) -> None:
-    """(Re)create ``table`` with recipient_id, email, first_name and a JSON variables column."""
+def create_recipients_table(
+    hook: DbApiHook, table: str, count: int, bad_every: int = 0, zones: Sequence[str | None] = ()
+) -> None:
+    """(Re)create ``table`` with recipient_id, email, first_name and a JSON variables column; with
+    ``zones``, also a ``timezone`` column: row i written (from 0, bad rows counted) is in
+    ``zones[i % len(zones)]``."""
     quoted = quote_table(table)
-    hook.run(
-        [
-            f"DROP TABLE IF EXISTS {quoted}",
-            f"CREATE TABLE {quoted} (recipient_id INTEGER, email TEXT, first_name TEXT, variables TEXT)",
-        ]
-    )
-    hook.insert_rows(
-        table,
-        sample_rows(count, bad_every),
-        target_fields=["recipient_id", "email", "first_name", "variables"],
-        commit_every=5000,
-        executemany=True,
-    )
+    columns = "recipient_id INTEGER, email TEXT, first_name TEXT, variables TEXT"
+    columns += ", timezone TEXT" if zones else ""
+    hook.run([f"DROP TABLE IF EXISTS {quoted}", f"CREATE TABLE {quoted} ({columns})"])
+    rows = sample_rows(count, bad_every)
+    fields = ["recipient_id", "email", "first_name", "variables"]
+    if zones:
+        rows = ((*row, zones[(i % len(zones))]) for i, row in enumerate(rows))
+        fields.append("timezone")
+    hook.insert_rows(table, rows, target_fields=fields, commit_every=5000, executemany=True)

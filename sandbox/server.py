@@ -2,10 +2,13 @@
 
 Implements the API contract (`../shared/reference/migosmtp-api.md`, beside the repository): bulk send with
 validation, idempotency keys, monthly quota, per-minute rate limit, batch
-lookups and signed webhooks (see `delivery.py`), with a durable SQLite record. Admin endpoints under
+lookups, cancels and signed webhooks (see `delivery.py`), with a durable SQLite record. Admin endpoints under
 `/_sandbox/` (no auth) reset state, change settings and queue faults
 (error statuses, latency, dropped connections, malformed bodies) so that
 clients can be tested against the failure modes they must survive.
+
+A cancelled batch stays in the record (and in look-ups) with status ``cancelled``: it sends
+nothing, emits no event and is not counted in ``monthly_used``.
 
 A batch's ``counts`` are per recipient, from its latest event emitted so far (a
 recipient's events change its state over time; counting events would count it
@@ -37,12 +40,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from include.migosmtp.contract import EVENT_TYPES
+from include.migosmtp.contract import CANCEL_MIN_LEAD_SECONDS, EVENT_TYPES
 from sandbox.delivery import NOT_POSTED, OUTCOME_RATES, DeliveryWorker, send_at_string
 
 SEND_PATH = "/v1/email/send/bulk"
 BATCHES_PATH = "/v1/email/batches"
 QUOTA_PATH = "/v1/account/quota"
+CANCEL_RE = re.compile(re.escape(BATCHES_PATH) + r"/([^/]+)/cancel")
 MAX_RECIPIENTS = 1000
 IDEMPOTENCY_TTL = timedelta(hours=24)
 RESET_DRAIN_SECONDS = 30.0
@@ -390,8 +394,24 @@ class Store:
         return {"batches": batches, "requests_total": total}
 
     def monthly_used(self) -> int:
-        [row] = self._query("SELECT COALESCE(SUM(recipient_count), 0) FROM batches")
+        # A cancelled batch gave its recipients back to the quota.
+        [row] = self._query(
+            "SELECT COALESCE(SUM(recipient_count), 0) FROM batches WHERE status != 'cancelled'"
+        )
         return row[0]
+
+    def cancel(self, batch_id: str, not_before: str) -> tuple[dict[str, Any] | None, bool]:
+        """Cancel the batch if it is scheduled for ``not_before`` or later: the batch as it then is
+        (None if unknown), and whether this call cancelled it. ``send_batch`` takes the same lock,
+        so a batch is either cancelled or sent, never both."""
+        with self._lock, self._conn:
+            cancelled = self._conn.execute(
+                "UPDATE batches SET status = 'cancelled'"
+                " WHERE batch_id = ? AND status = 'scheduled' AND send_at >= ?",
+                (batch_id, not_before),
+            ).rowcount
+        found = self.batches("WHERE batch_id = ?", (batch_id,))
+        return (found[0] if found else None), bool(cancelled)
 
     def log_request(
         self,
@@ -440,8 +460,15 @@ class Store:
     def send_batch(
         self, batch_id: str, events: list[dict[str, Any]], followups: list[dict[str, Any]]
     ) -> None:
-        """Store a batch's first events (emitted now) and its follow-ups (emitted when due)."""
+        """Store a batch's first events (emitted now) and its follow-ups (emitted when due), unless it
+        was cancelled since ``due_batches`` read it."""
         with self._lock, self._conn:
+            started = self._conn.execute(
+                "UPDATE batches SET status = 'sending' WHERE batch_id = ? AND status = 'scheduled'",
+                (batch_id,),
+            ).rowcount
+            if not started:
+                return
             self._conn.executemany(
                 "INSERT INTO events (event_id, batch_id, position, recipient, seq, type, reason,"
                 " bounce_type, timestamp, tags_json, emitted_at, skipped) VALUES (:event_id,"
@@ -455,10 +482,6 @@ class Store:
                 " :position, :recipient, :seq, :type, :reason, :bounce_type, :timestamp, :occurs_at,"
                 " :tags_json)",
                 followups,
-            )
-            self._conn.execute(
-                "UPDATE batches SET status = 'sending' WHERE batch_id = ? AND status = 'scheduled'",
-                (batch_id,),
             )
             self._conn.execute(self.FINISH_SQL)
 
@@ -588,7 +611,7 @@ class Fault:
     body: str | None = None  # a malformed answer's body, instead of MALFORMED's
 
     ACTIONS = ("status", "latency", "drop_after_accept", "drop", "malformed", "break_body", "trickle")
-    ENDPOINTS = ("send", "lookup", "quota", "any")
+    ENDPOINTS = ("send", "lookup", "quota", "cancel", "any")
 
     @classmethod
     def from_dict(cls, data: Any) -> Fault:
@@ -886,6 +909,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
             endpoints.add("lookup")
         elif self.command == "GET" and path == QUOTA_PATH:
             endpoints.add("quota")
+        elif self.command == "POST" and CANCEL_RE.fullmatch(path):
+            endpoints.add("cancel")
         return endpoints
 
     def _handle(self, routes: list[Route], req: Request, auth: bool) -> Response:
@@ -1060,6 +1085,29 @@ class SandboxHandler(BaseHTTPRequestHandler):
         found = self.server.store.batches("WHERE batch_id = ?", (batch_id,))
         return Response(200, found[0]) if found else error(404, "not_found", f"no batch {batch_id}")
 
+    def _cancel_batch(self, req: Request) -> Response:
+        server = self.server
+        batch_id = req.path.split("/")[-2]
+        # On the sandbox clock, as delivery sends by it; rounded up so "less than 10 minutes" is exact.
+        not_before = send_at_string(math.ceil(server.now() + CANCEL_MIN_LEAD_SECONDS))
+        with server.state_lock:  # against the quota check of a concurrent send
+            batch, cancelled = server.store.cancel(batch_id, not_before)
+            if cancelled:
+                settings = server.settings
+                settings.monthly_used = max(0, settings.monthly_used - batch["recipient_count"])
+        if batch is None:
+            return error(404, "not_found", f"no batch {batch_id}")
+        if batch["status"] == "cancelled":  # now or before: the same answer
+            return Response(200, batch)
+        why = (
+            f"its send_at {batch['send_at']} is less than {CANCEL_MIN_LEAD_SECONDS // 60} minutes away"
+            if batch["status"] == "scheduled"
+            else f"it is already {batch['status']}"
+        )
+        return error(
+            409, "too_late", f"batch {batch_id} cannot be cancelled: {why}; it goes out as scheduled"
+        )
+
     def _quota(self, req: Request) -> Response:
         s = self.server.settings
         return Response(
@@ -1145,6 +1193,7 @@ API_ROUTES = _routes(
     (re.escape(SEND_PATH), "POST", H._send_bulk),
     (re.escape(BATCHES_PATH), "GET", H._list_batches),
     (re.escape(BATCHES_PATH) + r"/[^/]+", "GET", H._get_batch),
+    (CANCEL_RE.pattern, "POST", H._cancel_batch),
     (re.escape(QUOTA_PATH), "GET", H._quota),
 )
 ADMIN_ROUTES = _routes(

@@ -59,6 +59,10 @@ os.environ.update(
 API_KEY = "test-key"
 
 
+# submit_ahead_minutes that submits any plan a test makes at once (ten days).
+ALL_AT_ONCE = 14_400
+
+
 def past_monday_0900(weeks_back: int) -> datetime:
     """09:00 UTC on the Monday ``weeks_back`` weeks before this week's: a week a backfill would send."""
     now = datetime.now(UTC)
@@ -151,6 +155,8 @@ def run_campaign(airflow_db, clean_sandbox, warehouse):
 
     def run(**conf):
         conf.setdefault("campaign_id", "c1")
+        # The whole plan at once, as before batches waited: tests of waiting say how long.
+        conf.setdefault("submit_ahead_minutes", ALL_AT_ONCE)
         dag_run = load_campaign_dag().test(run_conf=conf)
         return CampaignRun(dag_run.state, list(dag_run.get_task_instances()))
 
@@ -235,3 +241,13 @@ class ChatWebhook:
 
     def __exit__(self, *exc):
         self._server.shutdown()
+
+
+@pytest.fixture
+def chat_webhook(monkeypatch):
+    """A chat incoming-webhook on loopback behind ``campaign_alerts``; yields the messages it got."""
+    with ChatWebhook() as hook:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_CAMPAIGN_ALERTS", json.dumps({"conn_type": "http", "host": hook.url})
+        )
+        yield hook.received

@@ -14,7 +14,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from include.campaign.audience import REQUIRED_COLUMNS, VARIABLES_COLUMN, Recipient, Rejection, screen_rows
@@ -53,8 +53,16 @@ SMALL_CAMPAIGN = {
 
 
 def sends(sandbox) -> list[dict[str, Any]]:
-    """Every POST the sandbox logged (a bulk send), in order, whatever its answer."""
-    return [r for r in sandbox.requests() if r["method"] == "POST"]
+    """Every bulk send the sandbox logged, in order, whatever its answer."""
+    return [r for r in sandbox.requests() if r["method"] == "POST" and r["path"] == "/v1/email/send/bulk"]
+
+
+def sends_at(url: str) -> list[dict[str, Any]]:
+    """``sends`` of the sandbox at ``url``, from a process that has only its address."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/_sandbox/requests", timeout=10) as answer:
+        return [r for r in json.load(answer) if r["method"] == "POST" and r["path"] == "/v1/email/send/bulk"]
 
 
 def api_requests(sandbox) -> list[dict[str, Any]]:
@@ -63,12 +71,15 @@ def api_requests(sandbox) -> list[dict[str, Any]]:
 
 
 def received(sandbox) -> Counter[str]:
-    """How many times each address is in a batch the sandbox holds."""
-    return Counter(r["to"] for b in sandbox.record()["batches"] for r in b["recipients"])
+    """How many times each address is in a batch the sandbox holds (and will send: not cancelled)."""
+    batches = sandbox.record()["batches"]
+    return Counter(r["to"] for b in batches if b["status"] != "cancelled" for r in b["recipients"])
 
 
 def sends_per_key(requests: Iterable[Mapping[str, Any]]) -> Counter[str]:
-    return Counter(r["idempotency_key"] for r in requests if r["method"] == "POST")
+    return Counter(
+        r["idempotency_key"] for r in requests if r["method"] == "POST" and r["path"] == "/v1/email/send/bulk"
+    )
 
 
 def assert_ledger_matches_sandbox(
@@ -182,3 +193,63 @@ def suppression_reason(event_type: str, bounce_type: str | None = None) -> str |
     if event_type == "bounced":
         return "hard_bounce" if bounce_type == "hard" else None
     return {"complained": "complaint", "unsubscribed": "unsubscribe"}.get(event_type)
+
+
+def metadata_run_state(dag_id: str, run_id: str) -> str | None:
+    """A run's state read from the metadata database: ``plan_campaign``'s ``run_state`` for a step
+    called outside a task (a task asks the API server, ``ti.get_dagrun_state``)."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return session.scalar(select(DagRun.state).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+
+
+def fail_runs_left_running(dag_id: str = "bulk_email_campaign") -> list[str]:
+    """Mark failed the DAG's runs a killed process left ``running``, as the scheduler does once it
+    finds their tasks' processes gone (or an operator, with "Mark run as failed"); returns their ids.
+    Until then a run for their campaign is refused: the run still looks live."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState
+    from sqlalchemy import select
+
+    with create_session() as session:
+        runs = session.scalars(
+            select(DagRun).where(DagRun.dag_id == dag_id, DagRun.state == DagRunState.RUNNING)
+        )
+        failed = []
+        for run in runs:
+            run.set_state(DagRunState.FAILED)
+            failed.append(run.run_id)
+    return failed
+
+
+def due_in(seconds: int) -> tuple[datetime, int]:
+    """A ``start_at`` and ``submit_ahead_minutes`` (1) that make the first slot's batches due
+    ``seconds`` from now: tests of waiting batches wait seconds, not an hour. (The first slot's
+    ``send_at`` is ``start_at`` itself, to the second.) ``seconds`` is the margin a test needs for
+    what it does before the submit time: plan, and steer from another process."""
+    start_at = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=1, seconds=seconds)
+    return start_at, 1
+
+
+def wait_for_plan(hook: DbApiHook, campaign_id: str, batches: int = 1, seconds: float = 180) -> list[dict]:
+    """The campaign's ledger once it holds ``batches`` rows: a run elsewhere has planned (its tables
+    may not exist yet; a fresh process imports Airflow first, which is slow on a busy machine)."""
+    import time
+
+    from include.campaign.ledger import rows
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            found = rows(hook, campaign_id)
+        except Exception:  # not created yet
+            found = []
+        if len(found) >= batches:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"campaign {campaign_id} was not planned within {seconds} s")
+        time.sleep(0.2)

@@ -66,7 +66,7 @@ def _batch_of(context: Context) -> tuple[str, str, int]:
 
     dag_run = context["dag_run"]
     settings = for_task(context["params"], dag_run.dag_id, dag_run.logical_date)
-    return settings.campaign_id, dag_run.run_id, int(context["task"].op_kwargs["batch"]["batch_number"])
+    return settings.campaign_id, dag_run.run_id, int(context["task"].batch["batch_number"])
 
 
 class CampaignHaltNotifier(BaseNotifier):
@@ -100,6 +100,11 @@ class CampaignHaltNotifier(BaseNotifier):
                 self.log.error("Batch %d gave up on server errors; the run was already alerted", number)
                 return
             message = gave_up_message(campaign_id, run_id, number, error)
+        self.deliver(message)
+
+    def deliver(self, message: str) -> None:
+        """Log the alert and send it to the alert connection, if there is one. Also what a pause,
+        resume or cancel of a campaign raises (campaign/steering.py), outside any failure."""
         self.log.error("%s", message)
         try:
             connection = BaseHook.get_connection(self.conn_id)

@@ -26,10 +26,14 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from include.campaign.windows import DEFAULT_TIMEZONE, known_zones
+
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("recipient_id", "email")
 VARIABLES_COLUMN = "variables"
+# An optional IANA zone per recipient (campaign/windows.py): a column of the plan, not a variable.
+TIMEZONE_COLUMN = "timezone"
 # One recipient's variables: at most this many characters of JSON, both as the ``variables``
 # cell holds it (checked before it is decoded) and as staged (ASCII: characters are bytes).
 # 16 kB is far above what a template fills (names, a few links), and keeps a full request of
@@ -65,10 +69,12 @@ class Rejection:
 
 @dataclass
 class ScreenedRows:
-    """A chunk screened for staging: accepted as ``(recipient_id, email, variables JSON, source row)``."""
+    """A chunk screened for staging: accepted as ``(recipient_id, email, variables JSON, source row)``,
+    and each one's time zone in ``zones`` (None: the table has no ``timezone`` column)."""
 
     accepted: list[tuple[str, str, str, int]] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
+    zones: list[str | None] = field(default_factory=list)
 
 
 # Variables are stored as JSON with sorted keys, exactly as json.dumps(..., sort_keys=True) writes
@@ -253,6 +259,7 @@ def screen_rows(
     first_source_row: int,
     staged: StagedLookup,
     suppressed: Callable[[set[str]], set[str]] | None = None,
+    default_zone: str = DEFAULT_TIMEZONE,
 ) -> ScreenedRows:
     """Split one chunk into sendable recipients and rejections with a reason.
 
@@ -260,13 +267,18 @@ def screen_rows(
     earlier chunks staged; duplicates within the chunk are caught here. ``suppressed``, if
     given, is asked once which of the emails are on the suppression list (reason
     ``suppressed``). The first of two rows wins, and a row rejected for any reason reserves
-    neither its email nor its id.
+    neither its email nor its id. A ``timezone`` cell, trimmed, must name an IANA zone this
+    machine knows (reason ``invalid_timezone``); an empty one is ``default_zone``.
     """
+    known = known_zones()
     i_id, i_email = columns.index("recipient_id"), columns.index("email")
     i_vars = columns.index(VARIABLES_COLUMN) if VARIABLES_COLUMN in columns else None
-    extra = [(c, i) for i, c in enumerate(columns) if c not in (*REQUIRED_COLUMNS, VARIABLES_COLUMN)]
+    i_zone = columns.index(TIMEZONE_COLUMN) if TIMEZONE_COLUMN in columns else None
+    own = (*REQUIRED_COLUMNS, VARIABLES_COLUMN, TIMEZONE_COLUMN)
+    extra = [(c, i) for i, c in enumerate(columns) if c not in own]
     # Pass 1, row by row but without look-ups: normalise, and reject what is missing or malformed.
     checked: list[tuple[str | None, str | None, str | None]] = []
+    zones: list[str | None] = []
     for row in rows:
         raw_id, raw_email = row[i_id], row[i_email]
         kind = type(raw_id)
@@ -285,6 +297,11 @@ def screen_rows(
             reason = "invalid_email"
         else:
             reason = None
+        if i_zone is not None:
+            zone = _zone_name(row[i_zone], default_zone)
+            if reason is None and zone not in known:
+                reason = "invalid_timezone"
+            zones.append(zone)
         checked.append((recipient_id, email, reason))
     # One set-based look-up for the whole chunk, then pass 2 in order: duplicates and variables.
     well_formed = {e for _, e, reason in checked if reason is None}
@@ -322,9 +339,19 @@ def screen_rows(
         seen_emails.add(email)
         seen_ids.add(recipient_id)
         screened.accepted.append((recipient_id, email, encoded, first_source_row + offset))
+        screened.zones.append(zones[offset] if i_zone is not None else None)
     if invalid_variables:  # the cause, never the values (they may be personal data)
         log.warning("%d row(s) rejected as invalid_variables (first: %s)", invalid_variables, first_cause)
     return screened
+
+
+def _zone_name(cell: Any, default_zone: str) -> str:
+    """A ``timezone`` cell as a zone name to check: trimmed, empty or NULL the default; a cell that
+    is not text names no zone."""
+    value = _scalar(cell)
+    if value is None:
+        return default_zone
+    return (value.strip() or default_zone) if isinstance(value, str) else ""
 
 
 def _cause(err: Exception) -> str:

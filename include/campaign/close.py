@@ -13,7 +13,7 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from include.campaign import definition, halts, ledger, staging
-from include.campaign.settings import for_task
+from include.campaign.settings import CANCEL, PAUSE, for_task
 from include.warehouse import get_warehouse_hook
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def close_ledger(
             sum(r["recipient_count"] for r in waiting),
             campaign_id,
         )
-    if summary.unsent:
+    if summary.unsent and settings.mode not in (PAUSE, CANCEL):
         stop = halts.current(hook, campaign_id, run_id)
         cause = (
             f"the run was halted by batch {stop['batch_number']}: {stop['reason']}"

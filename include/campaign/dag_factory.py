@@ -15,6 +15,7 @@ from airflow.sdk import DAG, TriggerRule, get_current_context, task
 
 from include.campaign.alerts import CampaignHaltNotifier
 from include.campaign.ledger import LEDGER_ASSET
+from include.campaign.operators import SendBatchOperator
 from include.campaign.settings import campaign_params
 from include.migosmtp.retry_policy import (
     MAX_RATE_WINDOW_SECONDS,
@@ -69,7 +70,8 @@ def campaign_dag(
         schedule=schedule,
         start_date=start_date,
         catchup=catchup,
-        max_active_runs=1,  # a clear or resume never races the run it finishes
+        # Runs last as long as their plans (days), so several campaigns run at once; two runs of one
+        # campaign do not: plan refuses a run while another live run sends its campaign.
         params=campaign_params(campaign_id_required=schedule is None, **param_defaults),
         default_args={"retries": 1, "retry_delay": timedelta(seconds=10)},
         tags=tags or ["email", "migosmtp"],
@@ -81,28 +83,23 @@ def campaign_dag(
             from include.campaign.plan import plan_campaign
 
             context = get_current_context()
-            return plan_campaign(context["params"], **_run(context))
+            # The state of another run of the campaign: is it still sending? (only plan asks)
+            return plan_campaign(context["params"], run_state=context["ti"].get_dagrun_state, **_run(context))
 
         # Retries follow the provider's error table (see MigoSmtpRetryPolicy); the
         # retry count only bounds how many 429 waits one batch may sit through.
-        # The API pool caps concurrent API calls across all runs and workers. The label is
-        # rendered from the batch itself, so Airflow shows it before the task body runs
-        # (while the batch waits on the API, or if it fails first).
-        @task(
+        # The API pool caps concurrent API calls across all runs and workers; a batch waiting for
+        # its submit time is deferred and holds none. The label is rendered from the batch itself,
+        # so Airflow shows it before the task body runs (while the batch waits, or if it fails first).
+        send_batch = SendBatchOperator.partial(
+            task_id="send_batch",
             pool=API_POOL,
             retries=12,
             execution_timeout=SEND_BATCH_TIMEOUT,
             retry_policy=MigoSmtpRetryPolicy(),
             on_failure_callback=CampaignHaltNotifier(),
-            map_index_template="{{ task.op_kwargs['batch'] | batch_label }}",
+            map_index_template="{{ task.batch | batch_label }}",
         )
-        def send_batch(batch: dict) -> None:
-            from include.campaign.send import send_batch
-
-            context = get_current_context()
-            # The outcome goes to the ledger and the log; no XCom, which would cost every batch
-            # another round trip through the API server and nobody reads it.
-            send_batch(batch, context["params"], **_run(context))
 
         @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[LEDGER_ASSET])
         def close_ledger(planned: list[dict] | None) -> dict:

@@ -5,10 +5,18 @@ recipients share a batch: the recipients table, from, subject, the two bodies
 and max_batch_size. A resend under a batch's idempotency key must be
 byte-identical (the provider answers 409 otherwise, and a batch that never
 arrived would go out with other content under the same campaign), and the
-frozen audience was cut into batches of max_batch_size. The caps and start_at
-are left out: they are the account's and the operator's, and may rightly
-change between a failure and its resume (a plan upgrade, a later slot).
-dry_run and mode say what a run does, not what the campaign is.
+frozen audience was cut into batches of max_batch_size. The sending window
+(send_days, send_hours) and default_timezone are in it too: they decided which
+recipients share a batch (one zone's, when there is a window) and at which
+instants a batch may go, so a re-placed batch must keep them. The caps and
+start_at are left out: they are the account's and the operator's, and may
+rightly change between a failure and its resume (a plan upgrade, a later slot);
+so is the warm-up ramp, an account-wide Variable read at every placement.
+max_mails_per_recipient and frequency_days are left out as ignore_suppressions
+is: like the suppression list, they screen who is admitted at the first plan,
+against the account's state then; the frozen audience does not change with
+them, and a resume re-screens no one. dry_run and mode say what a run does, not
+what the campaign is.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from include.campaign import ledger
+from include.campaign.windows import DEFAULT_TIMEZONE, WEEKDAYS, WHOLE_DAY, SendWindow
 from include.warehouse import CAMPAIGNS_TABLE, fetch_dicts, utc_now_text
 
 if TYPE_CHECKING:
@@ -24,7 +33,23 @@ if TYPE_CHECKING:
 
     from include.campaign.settings import CampaignSettings
 
-FIELDS = ("recipients_table", "from_email", "subject", "html_body", "text_body", "max_batch_size")
+FIELDS = (
+    "recipients_table",
+    "from_email",
+    "subject",
+    "html_body",
+    "text_body",
+    "max_batch_size",
+    "send_days",
+    "send_hours",
+    "default_timezone",
+)
+# Fields added after campaigns were first recorded without them: such a record means the default.
+_ADDED_DEFAULTS = {
+    "send_days": list(WEEKDAYS),
+    "send_hours": WHOLE_DAY,
+    "default_timezone": DEFAULT_TIMEZONE,
+}
 
 # email_campaigns.status, a summary later work can read without the ledger. A new plan is
 # recorded ``planning`` before its first row is written and becomes ``planned`` (or
@@ -45,7 +70,14 @@ def of(settings: CampaignSettings) -> dict[str, Any]:
 
 def differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """The definition fields whose values differ, in FIELDS order."""
-    return [f for f in FIELDS if recorded.get(f) != current.get(f)]
+    return [f for f in FIELDS if recorded.get(f, _ADDED_DEFAULTS.get(f)) != current.get(f)]
+
+
+def window(recorded: dict[str, Any]) -> tuple[SendWindow, str]:
+    """The recorded definition's sending window and default zone (a re-placement keeps them)."""
+    days = recorded.get("send_days", _ADDED_DEFAULTS["send_days"])
+    hours = recorded.get("send_hours", _ADDED_DEFAULTS["send_hours"])
+    return SendWindow.parse(days, hours), recorded.get("default_timezone", DEFAULT_TIMEZONE)
 
 
 def record(
@@ -57,9 +89,11 @@ def record(
     run_id: str,
     dry_run: bool,
     status: str | None = None,
+    transactional: bool = False,
 ) -> None:
     """Record (or replace, for a plan that sent nothing) the campaign's definition; its status
-    is ``status``, or what a finished plan's is."""
+    is ``status``, or what a finished plan's is. A ``transactional`` campaign's mails are left out
+    of other campaigns' frequency caps."""
     now = utc_now_text()
     hook.insert_rows(
         CAMPAIGNS_TABLE,
@@ -74,6 +108,7 @@ def record(
                 "{}",
                 now,
                 now,
+                int(transactional),
             )
         ],
         target_fields=[
@@ -86,6 +121,7 @@ def record(
             "batches_by_status",
             "created_at",
             "updated_at",
+            "transactional",
         ],
         replace=True,
         replace_index=["campaign_id"],
@@ -135,9 +171,18 @@ def summarize(hook: DbApiHook, campaign_id: str, summary: ledger.LedgerSummary, 
     else:
         status = PLANNED
     p = hook.placeholder
+    # A pause or a cancel is the operator's (or the reconcile's) word: only they change it.
     hook.run(
-        f"UPDATE {CAMPAIGNS_TABLE} SET status = {p}, batches_by_status = {p}, updated_at = {p} "
-        f"WHERE campaign_id = {p}",
-        parameters=(status, json.dumps(by_status, sort_keys=True), utc_now_text(), campaign_id),
+        f"UPDATE {CAMPAIGNS_TABLE} SET status = CASE WHEN status IN ({p}, {p}) THEN status ELSE {p} END, "
+        f"batches_by_status = {p}, updated_at = {p} WHERE campaign_id = {p}",
+        parameters=(
+            ledger.CAMPAIGN_PAUSED,
+            ledger.CAMPAIGN_CANCELLED,
+            status,
+            json.dumps(by_status, sort_keys=True),
+            utc_now_text(),
+            campaign_id,
+        ),
     )
-    return status
+    found = read(hook, campaign_id)
+    return found["status"] if found else status

@@ -22,6 +22,7 @@ from include.warehouse import (
     CAMPAIGNS_TABLE,
     LEDGER_TABLE,
     bulk_insert,
+    changed_rows,
     fetch_dicts,
     in_values,
     parse_utc,
@@ -40,15 +41,21 @@ LEDGER_ASSET = Asset(name="email_batch_ledger", uri="warehouse://warehouse_defau
 PLANNED, SCHEDULED, FAILED, HALTED, DELIVERED = "planned", "scheduled", "failed", "halted", "delivered"
 # Never sent because every recipient was suppressed after planning (suppressions.drop_from_unsent_batch).
 SUPPRESSED = "suppressed"
-STATUSES = (PLANNED, SCHEDULED, FAILED, HALTED, DELIVERED, SUPPRESSED)
+# Stopped by a cancel of the campaign: never sent, or cancelled at the provider before its slot.
+CANCELLED = "cancelled"
+STATUSES = (PLANNED, SCHEDULED, FAILED, HALTED, DELIVERED, SUPPRESSED, CANCELLED)
 # Done: nothing to (re)send. At the provider, or with no one left to send to (no recipients,
 # so it holds no room under the caps). Every other status is resent by mode=retry_failed.
 SENT_STATUSES = (SCHEDULED, DELIVERED, SUPPRESSED)
+# Settled for good: nothing to send, and no room held under the caps or the quota.
+SETTLED_STATUSES = (*SENT_STATUSES, CANCELLED)
 
 # email_campaigns.status while a new plan is being written, and after one failed part-way
 # (``definition``). Such a plan's rows are no plan yet: they hold no room and no quota.
 PLANNING, PLAN_FAILED = "planning", "plan_failed"
 UNFINISHED_PLANS = (PLANNING, PLAN_FAILED)
+# email_campaigns.status of a campaign an operator (or the reconcile) stopped: no batch is submitted.
+CAMPAIGN_PAUSED, CAMPAIGN_CANCELLED = "paused", CANCELLED
 
 FIELDS = (
     "campaign_id",
@@ -63,6 +70,7 @@ FIELDS = (
     "last_error",
     "created_at",
     "updated_at",
+    "timezone",
 )
 
 
@@ -75,9 +83,16 @@ class LedgerSummary:
 
 
 def planned_row(
-    campaign_id: str, batch_number: int, key: str, recipient_ids: Sequence[str], send_at: datetime, now: str
+    campaign_id: str,
+    batch_number: int,
+    key: str,
+    recipient_ids: Sequence[str],
+    send_at: datetime,
+    now: str,
+    timezone: str | None = None,
 ) -> tuple:
-    """A ``planned`` ledger row, in ``FIELDS`` order."""
+    """A ``planned`` ledger row, in ``FIELDS`` order; ``timezone``: its recipients' zone, when a
+    sending window made the batch one zone's (a re-placement keeps it inside that window)."""
     return (
         campaign_id,
         batch_number,
@@ -91,6 +106,7 @@ def planned_row(
         None,
         now,
         now,
+        timezone,
     )
 
 
@@ -178,9 +194,42 @@ def _update(hook: DbApiHook, campaign_id: str, batch_number: int, assignments: s
     )
 
 
-def record_attempt(hook: DbApiHook, campaign_id: str, batch_number: int) -> None:
-    """Count an attempt before the request leaves: from here on the provider may hold the batch."""
-    _update(hook, campaign_id, batch_number, "attempts = attempts + 1", ())
+def record_attempt(hook: DbApiHook, campaign_id: str, batch_number: int) -> bool:
+    """Count an attempt before the request leaves: from here on the provider may hold the batch.
+
+    False, and nothing counted, if the batch or its campaign was cancelled or paused meanwhile:
+    the check and the count are one statement, so a cancel either sees the attempt (and
+    cancels the batch at the provider) or the attempt sees the cancel (and sends nothing).
+    """
+    p = hook.placeholder
+    cursor_count = changed_rows(
+        hook,
+        f"UPDATE {LEDGER_TABLE} SET attempts = attempts + 1, updated_at = {p} "
+        f"WHERE campaign_id = {p} AND batch_number = {p} AND status <> {p} AND NOT EXISTS ("
+        f"SELECT 1 FROM {CAMPAIGNS_TABLE} c WHERE c.campaign_id = {p} AND c.status IN ({p}, {p}))",
+        (utc_now_text(), campaign_id, batch_number, CANCELLED, campaign_id, CAMPAIGN_PAUSED, CANCELLED),
+    )
+    return cursor_count == 1
+
+
+def record_cancelled(hook: DbApiHook, campaign_id: str, reason: str, batch_number: int | None = None) -> int:
+    """Cancel batches the provider never got: never attempted, not settled. One batch, or all of
+    the campaign's; returns how many."""
+    p = hook.placeholder
+    one = f" AND batch_number = {p}" if batch_number is not None else ""
+    return changed_rows(
+        hook,
+        f"UPDATE {LEDGER_TABLE} SET status = {p}, last_error = {p}, updated_at = {p} "
+        f"WHERE campaign_id = {p} AND attempts = 0 AND status NOT IN "
+        f"({', '.join([p] * len(SETTLED_STATUSES))}){one}",
+        (CANCELLED, reason[:2000], utc_now_text(), campaign_id, *SETTLED_STATUSES)
+        + ((batch_number,) if batch_number is not None else ()),
+    )
+
+
+def record_cancelled_at_provider(hook: DbApiHook, campaign_id: str, batch_number: int, reason: str) -> None:
+    p = hook.placeholder
+    _update(hook, campaign_id, batch_number, f"status = {p}, last_error = {p}", (CANCELLED, reason[:2000]))
 
 
 def record_scheduled(hook: DbApiHook, campaign_id: str, batch_number: int, batch_id: str) -> None:
@@ -248,13 +297,13 @@ def _held_by_others_sql(placeholder: str, campaign_id: str) -> tuple[str, tuple]
     quota when sent or resumed. Dry runs' batches and unfinished plans' (still being
     written, or dead part-way) hold nothing."""
     p = placeholder
-    sent = ", ".join([p] * len(SENT_STATUSES))
+    settled = ", ".join([p] * len(SETTLED_STATUSES))
     unfinished = ", ".join([p] * len(UNFINISHED_PLANS))
     condition = (
-        f"l.status NOT IN ({sent}) AND l.campaign_id <> {p} AND COALESCE(c.dry_run, 0) = 0 "
+        f"l.status NOT IN ({settled}) AND l.campaign_id <> {p} AND COALESCE(c.dry_run, 0) = 0 "
         f"AND COALESCE(c.status, '') NOT IN ({unfinished})"
     )
-    return condition, (*SENT_STATUSES, campaign_id, *UNFINISHED_PLANS)
+    return condition, (*SETTLED_STATUSES, campaign_id, *UNFINISHED_PLANS)
 
 
 def held_by_others(hook: DbApiHook, campaign_id: str) -> int:

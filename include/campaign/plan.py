@@ -11,16 +11,18 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from datetime import datetime
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from include.campaign import definition, halts, ledger, preview, provider, staging
+from include.campaign import alerts, definition, halts, ledger, preview, provider, staging, steering, warmup
 from include.campaign.audience import REQUIRED_COLUMNS
+from include.campaign.frequency import FrequencyCap
 from include.campaign.planner import BatchPacker, hour_floor, place_whole_batches
 from include.campaign.quota import within_quota
-from include.campaign.settings import RETRY_FAILED, CampaignSettings, for_task
+from include.campaign.settings import PAUSE, RESUME, RETRY_FAILED, CampaignSettings, for_task
 from include.campaign.staging import ChunkedPlan, TooManyBatches
 from include.warehouse import (
     REJECTED_TABLE,
@@ -32,6 +34,7 @@ from include.warehouse import (
     quote_table,
     stream_rows,
     table_columns,
+    utc_now_text,
     utc_text,
 )
 
@@ -62,6 +65,7 @@ def plan_campaign(
     logical_date: datetime | None = None,
     chunk_rows: int = CHUNK_ROWS,
     max_batches: int | None = None,
+    run_state: Callable[[str, str], str | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Plan the run's batches; returns only small batch descriptors (recipients stay in the warehouse).
 
@@ -69,7 +73,9 @@ def plan_campaign(
     plans a new campaign from the recipients table; for a campaign already attempted
     with the same definition it resumes instead, exactly as ``mode=retry_failed`` does
     (the batches not yet at the provider, as first planned). A different definition
-    under the same campaign_id is refused before anything is read or sent.
+    under the same campaign_id is refused before anything is read or sent, and so is a run
+    while another live run sends the campaign (``run_state`` says which runs are live) or one
+    for a cancelled campaign. ``mode`` pause, resume and cancel steer the campaign instead.
     """
     settings = for_task(params, dag_id, logical_date)
     campaign_id = settings.campaign_id
@@ -79,17 +85,86 @@ def plan_campaign(
     staging.clear_abandoned_plans(hook)
     if run_id and halts.lift(hook, campaign_id, run_id):
         log.info("Run %s was halted and is planned again (cleared): its halt is lifted", run_id)
-    entries = ledger.rows(hook, campaign_id)
     recorded = definition.read(hook, campaign_id)
+    steering.refuse_if_cancelled(campaign_id, recorded)
+    sender = steering.live_sender(recorded, run_id, run_state)
+    if settings.steers:
+        resumed = _steer(hook, settings, recorded, sender, run_id)
+        if not resumed:
+            return []
+    elif sender is not None:
+        raise AirflowFailException(
+            f"campaign {campaign_id!r} is still being sent by run {sender}; this run would send it "
+            "twice. Wait for that run to end, or pause or cancel the campaign (mode=pause, mode=cancel); "
+            "a run whose processes died stays running until the scheduler fails it: mark it failed."
+        )
+    entries = ledger.rows(hook, campaign_id)
     if recorded and recorded["status"] in ledger.UNFINISHED_PLANS and not _was_attempted(entries):
         entries = []  # a plan that never finished: none of it is the campaign's
-    if settings.mode != RETRY_FAILED and not _was_attempted(entries):
-        return _plan_new_within_quota(hook, settings, dag_id or "", run_id, chunk_rows, max_batches)
-    current = definition.of(settings)
-    recorded = _resumable_definition(settings, entries, recorded, current)
-    if recorded is None:  # planned before email_campaigns existed: its definition is what this run says
-        definition.record(hook, campaign_id, current, dag_id=dag_id or "", run_id=run_id, dry_run=False)
-    return within_quota(hook, settings, _plan_resume(hook, settings, entries, max_batches), new_plan=False)
+    if settings.mode not in (RETRY_FAILED, RESUME) and not _was_attempted(entries):
+        batches = _plan_new_within_quota(hook, settings, dag_id or "", run_id, chunk_rows, max_batches)
+    else:
+        current = definition.of(settings)
+        recorded = _resumable_definition(settings, entries, recorded, current)
+        if recorded is None:  # planned before email_campaigns existed: its definition is this run's
+            definition.record(
+                hook,
+                campaign_id,
+                current,
+                dag_id=dag_id or "",
+                run_id=run_id,
+                dry_run=False,
+                transactional=settings.ignore_suppressions,
+            )
+        resumed = _plan_resume(
+            hook, settings, entries, max_batches, (recorded or {}).get("definition", current)
+        )
+        batches = within_quota(hook, settings, resumed, new_plan=False)
+    if not settings.dry_run:
+        steering.record_sender(hook, settings, dag_id or "", run_id)
+    return batches
+
+
+def _steer(
+    hook, settings: CampaignSettings, recorded: dict[str, Any] | None, sender: str | None, run_id: str
+) -> bool:
+    """Pause, resume or cancel the campaign, log what changed and alert once. True when this run
+    must go on to send the campaign itself: a resume with no live run left to do it."""
+    campaign_id = settings.campaign_id
+    if recorded is None or recorded["status"] in (*ledger.UNFINISHED_PLANS, definition.DRY_RUN):
+        found = recorded["status"] if recorded else "never planned"
+        raise AirflowFailException(
+            f"campaign {campaign_id!r} has no plan that sends ({found}); there is nothing to {settings.mode}"
+        )
+    by = f"by run {run_id} at {utc_now_text()[:16]}Z"
+    if settings.mode == PAUSE:
+        if not steering.pause(hook, campaign_id, f"paused {by}"):
+            log.info("Campaign %s is already %s: nothing to pause", campaign_id, recorded["status"])
+            return False
+        waiting = sum(1 for r in ledger.rows(hook, campaign_id) if r["status"] not in ledger.SETTLED_STATUSES)
+        message = (
+            f"MigoSMTP campaign {campaign_id!r} paused {by}: its {waiting} batches not yet at the provider "
+            "wait until it is resumed (trigger mode=resume for this campaign_id) or cancelled (mode=cancel)."
+        )
+    elif settings.mode == RESUME:
+        if not steering.resume(hook, campaign_id, f"resumed {by}"):
+            raise AirflowFailException(
+                f"campaign {campaign_id!r} is {recorded['status']}, not paused: there is nothing to resume"
+            )
+        steering.record_thresholds(hook, settings)  # a resume may change what a bad start is
+        goes_on = f"run {sender} goes on with it" if sender else f"run {run_id} sends its unsent batches"
+        message = f"MigoSMTP campaign {campaign_id!r} resumed {by}: {goes_on}."
+    else:
+        done = steering.cancel(hook, campaign_id, f"cancelled {by}", provider.Provider())
+        message = (
+            f"MigoSMTP campaign {campaign_id!r} cancelled {by}: {done['never_sent']} batches not yet at "
+            f"the provider and {done['at_provider']} at it are cancelled; {done['too_late']} at the provider "
+            f"within {provider.CANCEL_MIN_LEAD.seconds // 60} minutes of their slot go out as scheduled. "
+            "Nothing more of this campaign is sent."
+        )
+    log.warning("%s", message)
+    alerts.CampaignHaltNotifier().deliver(message)
+    return settings.mode == RESUME and sender is None
 
 
 def _plan_new_within_quota(
@@ -101,7 +176,7 @@ def _plan_new_within_quota(
     try:
         batches = _plan_new(hook, settings, dag_id, run_id, chunk_rows, max_batches)
         if settings.dry_run:
-            preview.log_preview(hook, campaign_id, batches)
+            preview.log_preview(hook, campaign_id, batches, settings.default_timezone)
         batches = within_quota(hook, settings, batches, new_plan=True)
         definition.finish_plan(hook, campaign_id, settings.dry_run)
     except BaseException:
@@ -126,7 +201,7 @@ def _resumable_definition(
     """
     campaign_id = settings.campaign_id
     changed = definition.differences(recorded["definition"], current) if recorded else []
-    if settings.mode == RETRY_FAILED:
+    if settings.mode in (RETRY_FAILED, RESUME):
         if not entries:
             raise AirflowFailException(
                 f"campaign {campaign_id!r} has no ledger to resume; plan and send it with mode=send first"
@@ -182,8 +257,15 @@ def _too_many_to_map(hook, settings: CampaignSettings, staged: int, limit: int) 
     return _too_many_batches(settings.campaign_id, needs, limit)
 
 
-def _plan_resume(hook, settings: CampaignSettings, entries: list[dict[str, Any]], max_batches: int):
-    """The campaign's unsent batches, with the same recipients and keys; passed slots re-placed.
+def _plan_resume(
+    hook,
+    settings: CampaignSettings,
+    entries: list[dict[str, Any]],
+    max_batches: int,
+    recorded: dict[str, Any],
+):
+    """The campaign's unsent batches, with the same recipients and keys; passed slots re-placed,
+    within the recorded sending window and the warm-up ramp of now.
 
     The audience is frozen at the first plan: the recipients table is not read again.
     """
@@ -206,8 +288,17 @@ def _plan_resume(hook, settings: CampaignSettings, entries: list[dict[str, Any]]
     occupied = Counter(ledger.occupied_slots(hook, now, campaign_id))
     for r in kept:
         occupied[parse_utc(r["send_at"])] += r["recipient_count"]
+    window, _ = definition.window(recorded)
     try:
-        new_slots = place_whole_batches([r["recipient_count"] for r in passed], settings.caps, now, occupied)
+        new_slots = place_whole_batches(
+            [r["recipient_count"] for r in passed],
+            settings.caps,
+            now,
+            occupied,
+            zones=[r.get("timezone") for r in passed],
+            window=window,
+            ramp=warmup.for_task() if passed else None,
+        )
     except ValueError as err:
         raise AirflowFailException(
             f"cannot re-place campaign {campaign_id!r}'s batches: {err}; resume with caps that fit a batch"
@@ -242,6 +333,7 @@ def _plan_new(
             )
     except WarehouseInputError as err:
         raise AirflowFailException(str(err)) from err
+    account_ramp = warmup.for_task()  # before anything is written: a malformed Variable leaves no trace
     staging.clear_plan(hook, campaign_id)
     # Recorded before the first row is written, so every row of this plan is known unfinished.
     definition.record(
@@ -252,16 +344,32 @@ def _plan_new(
         run_id=run_id,
         dry_run=settings.dry_run,
         status=definition.PLANNING,
+        transactional=settings.ignore_suppressions,
     )
 
     occupied = ledger.occupied_slots(hook, settings.start_at, campaign_id)
-    packer = BatchPacker(settings.caps, settings.start_at, occupied)
+    packer = BatchPacker(
+        settings.caps, settings.start_at, occupied, window=settings.window, ramp=account_ramp
+    )
+    cap = None
+    if settings.max_mails_per_recipient and not settings.ignore_suppressions:  # transactional: no cap
+        cap = FrequencyCap(settings.max_mails_per_recipient, settings.frequency_days)
+    if account_ramp is not None:
+        log.info("Warm-up ramp %s holds each UTC day to the smaller of it and daily_cap", account_ramp.text)
     sql = f"SELECT * FROM {quote_table(settings.recipients_table)} ORDER BY recipient_id, email"
     overflow = None
     if settings.ignore_suppressions:
         log.warning("ignore_suppressions is set: suppressed addresses are planned like any other")
     with ChunkedPlan(
-        hook, campaign_id, packer, max_batches, provider.batch_key, not settings.ignore_suppressions
+        hook,
+        campaign_id,
+        packer,
+        max_batches,
+        provider.batch_key,
+        not settings.ignore_suppressions,
+        default_zone=settings.default_timezone,
+        frequency_cap=cap,
+        since=settings.start_at - (cap.period if cap else timedelta(0)),
     ) as plan:
         try:
             for columns, rows in stream_rows(hook, sql, chunk_rows):
@@ -288,8 +396,8 @@ def _plan_new(
         rejected,
         staged,
         len(batches),
-        utc_text(batches[0].send_at),
-        utc_text(batches[-1].send_at),
+        utc_text(min(b.send_at for b in batches)),
+        utc_text(max(b.send_at for b in batches)),
     )
     return [
         _descriptor(b.batch_number, len(batches), utc_text(b.send_at), b.recipient_count) for b in batches

@@ -1,7 +1,7 @@
 """The one door from campaign code to the email provider, today MigoSMTP (``include.migosmtp``).
 
 Campaign modules ask this module, never the client: to submit a batch, look one up by its
-key, read the month's quota or a batch's counts, and what an error means for the campaign
+key, cancel one, read the month's quota or a batch's counts, and what an error means for the campaign
 (does it halt the run? alert once when retries give up? can a retry help?). Another provider
 is a package beside ``include/migosmtp/`` and a change here. The client is imported on first
 use: it brings HttpHook, which a DAG file's parse must not pay for.
@@ -10,10 +10,10 @@ use: it brings HttpHook, which a DAG file's parse must not pay for.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from include.migosmtp.contract import EVENT_TYPES, FINAL_TYPES
+from include.migosmtp.contract import CANCEL_MIN_LEAD_SECONDS, EVENT_TYPES, FINAL_TYPES
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from include.campaign.audience import Recipient
 
 __all__ = [
+    "CANCEL_MIN_LEAD",
     "EVENT_TYPES",
     "FINAL_TYPES",
     "Accepted",
@@ -33,6 +34,9 @@ __all__ = [
     "payload",
     "retry_may_help",
 ]
+
+
+CANCEL_MIN_LEAD = timedelta(seconds=CANCEL_MIN_LEAD_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,18 @@ class Provider:
 
         receipt = self._client.send_bulk(payload, key)
         return Accepted(receipt.batch_id, receipt.replayed, pause_after_send(receipt.rate_window))
+
+    def cancel(self, batch_id: str) -> bool:
+        """Cancel a batch the provider holds: True when it will not go out (cancelled now or before),
+        False when it is too late (less than ``CANCEL_MIN_LEAD`` before its send_at, or already
+        sending): it goes out as scheduled. Any other error is raised."""
+        from include.migosmtp.client import TooLate
+
+        try:
+            self._client.cancel_batch(batch_id)
+        except TooLate:
+            return False
+        return True
 
     def monthly_quota(self) -> MonthlyQuota:
         quota = self._client.get_quota()

@@ -10,8 +10,11 @@ import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from include.campaign import ledger, preview
+from include.campaign import definition, ledger, preview
+from include.campaign.deliveries import DeliveryRates
 from include.campaign.provider import EVENT_TYPES
+from include.campaign.send import submit_time
+from include.campaign.windows import DEFAULT_TIMEZONE
 from include.warehouse import (
     CAMPAIGNS_TABLE,
     DELIVERIES_TABLE,
@@ -20,8 +23,10 @@ from include.warehouse import (
     REJECTED_TABLE,
     WarehouseInputError,
     fetch_dicts,
+    parse_utc,
     stream_rows,
     table_columns,
+    utc_text,
 )
 
 if TYPE_CHECKING:
@@ -29,11 +34,33 @@ if TYPE_CHECKING:
 
 # The delivery counts shown per campaign and per batch: one column per event type.
 OUTCOMES = EVENT_TYPES
+# Batches per ledger status, per campaign: waiting to go, not sent (failed, halted), at the
+# provider, delivered, cancelled. Status names are the code's constants, not values.
+_BATCH_STATES = {
+    "waiting_batches": (ledger.PLANNED,),
+    "unsent_batches": (ledger.FAILED, ledger.HALTED),
+    "at_provider_batches": (ledger.SCHEDULED,),
+    "delivered_batches": (ledger.DELIVERED,),
+    "cancelled_batches": (ledger.CANCELLED,),
+}
+_STATE_COUNTS = ", ".join(
+    "SUM(CASE WHEN status IN ({}) THEN 1 ELSE 0 END) AS {}".format(", ".join(f"'{s}'" for s in states), name)
+    for name, states in _BATCH_STATES.items()
+)
+# The steering columns shown as recorded: the campaign's state, why, and its bad-start thresholds.
+STEERING = (
+    "status_reason",
+    "submit_ahead_minutes",
+    "max_complaint_rate",
+    "max_hard_bounce_rate",
+    "min_results_for_rates",
+)
 
 
 def campaigns(hook: DbApiHook, campaign_id: str | None = None) -> list[dict[str, Any]]:
-    """Every campaign (or only ``campaign_id``), newest first, with its ledger and delivery totals
-    and whether it was halted.
+    """Every campaign (or only ``campaign_id``), newest first, with its ledger and delivery totals,
+    its batches per state (``_BATCH_STATES``), the next batch to go, whether it was halted, its
+    steering columns as recorded (``STEERING``) and what they mean (``progress``).
 
     None before the first plan has created the tables: the view only reads (creating them here
     could race a plan doing the same, which PostgreSQL refuses).
@@ -45,13 +72,25 @@ def campaigns(hook: DbApiHook, campaign_id: str | None = None) -> list[dict[str,
     rows = fetch_dicts(
         hook,
         "SELECT c.campaign_id, c.dag_id, c.planned_by_run, c.created_at, c.status, c.dry_run, "
-        "c.batches_by_status, l.recipients, l.batches, l.first_send_at, l.last_send_at, "
+        "c.batches_by_status, "
+        + "".join(f"c.{k}, " for k in STEERING)
+        + "l.recipients, l.batches, l.first_send_at, l.last_send_at, "
+        + "".join(f"l.{k}, " for k in _BATCH_STATES)
+        + "w.next_send_at, nb.next_batch, nl.last_error AS next_note, "
         + ", ".join(f"COALESCE(d.{o}, 0) AS {o}" for o in OUTCOMES)
         + ", COALESCE(h.halts, 0) AS halts "
         f"FROM {CAMPAIGNS_TABLE} c "
         "LEFT JOIN (SELECT campaign_id, SUM(recipient_count) AS recipients, COUNT(*) AS batches, "
-        f"MIN(send_at) AS first_send_at, MAX(send_at) AS last_send_at FROM {LEDGER_TABLE} "
+        f"MIN(send_at) AS first_send_at, MAX(send_at) AS last_send_at, {_STATE_COUNTS} FROM {LEDGER_TABLE} "
         "GROUP BY campaign_id) l ON l.campaign_id = c.campaign_id "
+        # The next batch to go: the waiting one with the earliest slot (so the earliest submit time),
+        # and why it waits if a run said so ("waiting for quota").
+        f"LEFT JOIN (SELECT campaign_id, MIN(send_at) AS next_send_at FROM {LEDGER_TABLE} "
+        f"WHERE status = '{ledger.PLANNED}' GROUP BY campaign_id) w ON w.campaign_id = c.campaign_id "
+        f"LEFT JOIN (SELECT campaign_id, send_at, MIN(batch_number) AS next_batch FROM {LEDGER_TABLE} "
+        f"WHERE status = '{ledger.PLANNED}' GROUP BY campaign_id, send_at) nb "
+        "ON nb.campaign_id = w.campaign_id AND nb.send_at = w.next_send_at "
+        f"LEFT JOIN {LEDGER_TABLE} nl ON nl.campaign_id = nb.campaign_id AND nl.batch_number = nb.next_batch "
         "LEFT JOIN (SELECT campaign_id, "
         + ", ".join(f"SUM({o}) AS {o}" for o in OUTCOMES)
         + f" FROM {DELIVERIES_TABLE} GROUP BY campaign_id) d ON d.campaign_id = c.campaign_id "
@@ -64,9 +103,32 @@ def campaigns(hook: DbApiHook, campaign_id: str | None = None) -> list[dict[str,
     for row in rows:
         row["dry_run"] = bool(row["dry_run"])
         row["batches_by_status"] = batch_counts(row["batches_by_status"])
-        for key in ("recipients", "batches", *OUTCOMES, "halts"):
+        for key in ("recipients", "batches", *_BATCH_STATES, *OUTCOMES, "halts"):
             row[key] = int(row[key] or 0)
+        progress(row)
     return rows
+
+
+def progress(row: dict[str, Any]) -> dict[str, Any]:
+    """Add to a row of ``campaigns`` what its figures mean: its ``rates`` (``DeliveryRates``, from
+    its delivery totals, as the reconcile judged them) and the submit time of its next batch
+    (``next_submit_at``, UTC text; None when none waits or its slot cannot be read)."""
+    row["rates"] = DeliveryRates.of(row)
+    row["next_submit_at"] = submit_at(row["next_send_at"], row["submit_ahead_minutes"])
+    return row
+
+
+def submit_at(send_at: Any, submit_ahead_minutes: Any) -> str | None:
+    """When a waiting batch goes to the provider (``send.submit_time``), as UTC text; a campaign
+    planned before submit times were recorded sent its batches at once (0 minutes ahead). None
+    for a slot or a lead that is not what the warehouse should hold."""
+    ahead = 0 if submit_ahead_minutes is None else submit_ahead_minutes
+    if not _is_count(ahead) or not isinstance(send_at, str):
+        return None
+    try:
+        return utc_text(submit_time(parse_utc(send_at), ahead))
+    except (ValueError, OverflowError):
+        return None
 
 
 def batch_counts(text: str | None) -> dict[str, int] | None:
@@ -86,8 +148,9 @@ def _is_count(value: Any) -> bool:
 
 
 def campaign(hook: DbApiHook, campaign_id: str) -> dict[str, Any] | None:
-    """One campaign's page: its row, its ledger with delivery counts, halts, rejections, and the
-    recipients per hour and per day (scheduled, delivered, bounced)."""
+    """One campaign's page: its row, its ledger with delivery counts (and a waiting batch's
+    ``submit_at``), halts, rejections, and the recipients per hour and per day (scheduled,
+    delivered, bounced)."""
     found = campaigns(hook, campaign_id)
     if not found:
         return None
@@ -102,6 +165,9 @@ def campaign(hook: DbApiHook, campaign_id: str) -> dict[str, Any] | None:
         f"WHERE l.campaign_id = {p} ORDER BY l.batch_number",
         (campaign_id,),
     )
+    for b in batches:
+        waiting = b["status"] == ledger.PLANNED
+        b["submit_at"] = submit_at(b["send_at"], summary["submit_ahead_minutes"]) if waiting else None
     halts = fetch_dicts(
         hook,
         f"SELECT run_id, batch_number, reason, halted_at FROM {HALTS_TABLE} WHERE campaign_id = {p} "
@@ -115,7 +181,16 @@ def campaign(hook: DbApiHook, campaign_id: str) -> dict[str, Any] | None:
         "rejected": preview.rejected_by_reason(hook, campaign_id),
         "per_hour": _series(batches, 13),
         "per_day": _series(batches, 10),
+        "per_local_hour": preview.by_local_hour(
+            preview.local_hours(hook, campaign_id, _default_zone(hook, campaign_id))
+        ),
     }
+
+
+def _default_zone(hook: DbApiHook, campaign_id: str) -> str:
+    """The zone of recipients without their own, as the campaign was defined."""
+    recorded = definition.read(hook, campaign_id)
+    return definition.window(recorded["definition"])[1] if recorded else DEFAULT_TIMEZONE
 
 
 def _series(batches: list[dict[str, Any]], width: int) -> dict[str, dict[str, int]]:

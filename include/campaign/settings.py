@@ -18,6 +18,14 @@ from typing import Any
 from include import warehouse
 from include.campaign.audience import EMAIL_PATTERN, MAX_EMAIL_LENGTH
 from include.campaign.planner import API_MAX_RECIPIENTS_PER_REQUEST, DEFAULT_CAPS, PlanCaps
+from include.campaign.windows import (
+    DEFAULT_TIMEZONE,
+    WEEKDAYS,
+    WHOLE_DAY,
+    SendWindow,
+    WindowError,
+    known_zones,
+)
 
 CAMPAIGN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 # An optional schema prefix, then a table name: plain identifiers only, so they can be quoted safely.
@@ -54,12 +62,22 @@ RECIPIENTS_TABLE_PATTERN = (
     + TABLE_NAME_PATTERN.removeprefix("^")
 )
 SEND, RETRY_FAILED = "send", "retry_failed"
-MODES = (SEND, RETRY_FAILED)
+# Steering a running campaign (campaign/steering.py): they need only the campaign_id.
+PAUSE, RESUME, CANCEL = "pause", "resume", "cancel"
+STEERING_MODES = (PAUSE, RESUME, CANCEL)
+MODES = (SEND, RETRY_FAILED, *STEERING_MODES)
+# A batch goes to the provider this long before its send_at: late enough that a pause, a cancel or
+# an opt-out still reaches it, early enough that an API hiccup is retried before the slot.
+DEFAULT_SUBMIT_AHEAD_MINUTES = 60
+# The bad-start thresholds: Gmail's complaint ceiling; a hard-bounce rate past which a list is stale.
+DEFAULT_MAX_COMPLAINT_RATE, DEFAULT_MAX_HARD_BOUNCE_RATE, DEFAULT_MIN_RESULTS_FOR_RATES = 0.003, 0.05, 200
+# The frequency cap: off by default; when on, mails in other campaigns over the last week count.
+DEFAULT_MAX_MAILS_PER_RECIPIENT, DEFAULT_FREQUENCY_DAYS, MAX_FREQUENCY_DAYS = 0, 7, 366
 REFUSE, SEND_WHAT_FITS, IGNORE = "refuse", "send_what_fits", "ignore"
 QUOTA_POLICIES = (REFUSE, SEND_WHAT_FITS, IGNORE)
 JSON_SCHEMA_DRAFT = "http://json-schema.org/draft-07/schema#"
 # The trigger form's sections, in the order the Params come.
-AUDIENCE, MESSAGE, LIMITS, RUN = "Audience", "Message", "Limits", "Run"
+AUDIENCE, MESSAGE, LIMITS, WINDOW, RUN = "Audience", "Message", "Limits", "Sending window", "Run"
 
 
 class CampaignSettingsError(ValueError):
@@ -169,6 +187,86 @@ def campaign_params(*, campaign_id_required: bool = True, **defaults: Any) -> di
             description="Recipients in one bulk request, at most 1,000 (the hourly cap also bounds it).",
             section=LIMITS,
         ),
+        "submit_ahead_minutes": Param(
+            DEFAULT_SUBMIT_AHEAD_MINUTES,
+            type="integer",
+            minimum=0,
+            title="Submit ahead (minutes)",
+            description="A batch waits, deferred, and goes this long before its slot; 14400: all at once.",
+            section=LIMITS,
+        ),
+        "max_complaint_rate": Param(
+            DEFAULT_MAX_COMPLAINT_RATE,
+            type="number",
+            minimum=0,
+            maximum=1,
+            title="Pause above complaint rate",
+            description="The reconcile pauses the campaign past this share of complaints (Gmail's ceiling).",
+            section=LIMITS,
+        ),
+        "max_hard_bounce_rate": Param(
+            DEFAULT_MAX_HARD_BOUNCE_RATE,
+            type="number",
+            minimum=0,
+            maximum=1,
+            title="Pause above hard-bounce rate",
+            description="The reconcile pauses the campaign past this share of hard bounces.",
+            section=LIMITS,
+        ),
+        "min_results_for_rates": Param(
+            DEFAULT_MIN_RESULTS_FOR_RATES,
+            type="integer",
+            minimum=1,
+            title="Results before the rates count",
+            description="The rates are judged once this many recipients have a final result.",
+            section=LIMITS,
+        ),
+        "max_mails_per_recipient": Param(
+            DEFAULT_MAX_MAILS_PER_RECIPIENT,
+            type="integer",
+            minimum=0,
+            title="Mails per recipient (frequency cap)",
+            description="Reject a recipient with this many mails from other campaigns in the period; 0: off.",
+            section=LIMITS,
+        ),
+        "frequency_days": Param(
+            DEFAULT_FREQUENCY_DAYS,
+            type="integer",
+            minimum=1,
+            maximum=MAX_FREQUENCY_DAYS,
+            title="Frequency cap period (days)",
+            description="The days before a recipient's slot in which other campaigns' mails count.",
+            section=LIMITS,
+        ),
+        "default_timezone": Param(
+            DEFAULT_TIMEZONE,
+            type="string",
+            minLength=1,
+            maxLength=64,
+            examples=["UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo", "Asia/Kolkata"],
+            title="Default time zone",
+            description="IANA zone for recipients whose timezone column is empty (or who have none).",
+            section=WINDOW,
+        ),
+        "send_days": Param(
+            list(WEEKDAYS),
+            type="array",
+            minItems=1,
+            uniqueItems=True,
+            items={"type": "string", "enum": list(WEEKDAYS)},
+            examples=list(WEEKDAYS),
+            title="Send on days",
+            description="Weekdays a recipient may be mailed on, in the recipient's own time zone.",
+            section=WINDOW,
+        ),
+        "send_hours": Param(
+            WHOLE_DAY,
+            type="string",
+            pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]|24):[0-5][0-9]$",
+            title="Send between (local)",
+            description="HH:MM-HH:MM in the recipient's time zone, end excluded; 00:00-24:00: any hour.",
+            section=WINDOW,
+        ),
         "quota_policy": Param(
             REFUSE,
             enum=list(QUOTA_POLICIES),
@@ -211,10 +309,13 @@ def campaign_params(*, campaign_id_required: bool = True, **defaults: Any) -> di
             values_display={
                 SEND: "Send the campaign (or finish it)",
                 RETRY_FAILED: "Resend only its unsent batches",
+                PAUSE: "Pause it: no batch is submitted until resumed",
+                RESUME: "Resume it after a pause",
+                CANCEL: "Cancel it: nothing more is sent",
             },
             title="Mode",
-            description="retry_failed resends the unsent batches as first planned, without reading "
-            "the table.",
+            description="retry_failed resends unsent batches as planned; "
+            "pause, resume, cancel need a campaign_id.",
             section=RUN,
         ),
     }
@@ -255,6 +356,20 @@ def _parse_start_at(value: str | None, default: datetime) -> datetime:
         return moment.astimezone(UTC)
     except (OverflowError, ValueError):  # e.g. 0001-01-01T00:00+01:00 or 9999-12-31T23:59-01:00
         raise CampaignSettingsError(f"start_at {value!r} is out of the representable date range") from None
+
+
+def _number(params: dict[str, Any], name: str, default: float, kind: type) -> Any:
+    """A numeric Param, 0 or more: an integer Param refuses a fraction, neither takes a bool."""
+    value = params.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and value != int(value)):
+        raise CampaignSettingsError(f"{name} {value!r} is not a{'n integer' if kind is int else ' number'}")
+    if value < 0:
+        raise CampaignSettingsError(f"{name} {value!r} is negative")
+    if kind is int and value > 10**7:
+        raise CampaignSettingsError(f"{name} {value!r} is out of range")
+    return kind(value)
 
 
 def _check_no_control(name: str, value: str) -> None:
@@ -299,6 +414,27 @@ class CampaignSettings:
     mode: str
     quota_policy: str = REFUSE
     ignore_suppressions: bool = False
+    submit_ahead_minutes: int = DEFAULT_SUBMIT_AHEAD_MINUTES
+    max_complaint_rate: float = DEFAULT_MAX_COMPLAINT_RATE
+    max_hard_bounce_rate: float = DEFAULT_MAX_HARD_BOUNCE_RATE
+    min_results_for_rates: int = DEFAULT_MIN_RESULTS_FOR_RATES
+    window: SendWindow = SendWindow()
+    default_timezone: str = DEFAULT_TIMEZONE
+    max_mails_per_recipient: int = DEFAULT_MAX_MAILS_PER_RECIPIENT
+    frequency_days: int = DEFAULT_FREQUENCY_DAYS
+
+    @property
+    def send_days(self) -> list[str]:
+        return [WEEKDAYS[d] for d in sorted(self.window.days)]
+
+    @property
+    def send_hours(self) -> str:
+        return self.window.hours_text
+
+    @property
+    def steers(self) -> bool:
+        """A pause, resume or cancel: the run changes the campaign's state, it plans nothing new."""
+        return self.mode in STEERING_MODES
 
     @classmethod
     def from_params(
@@ -359,6 +495,42 @@ class CampaignSettings:
             )
         except ValueError as err:
             raise CampaignSettingsError(str(err)) from None
+        limits = {
+            "submit_ahead_minutes": _number(
+                params, "submit_ahead_minutes", DEFAULT_SUBMIT_AHEAD_MINUTES, int
+            ),
+            "max_complaint_rate": _number(params, "max_complaint_rate", DEFAULT_MAX_COMPLAINT_RATE, float),
+            "max_hard_bounce_rate": _number(
+                params, "max_hard_bounce_rate", DEFAULT_MAX_HARD_BOUNCE_RATE, float
+            ),
+            "min_results_for_rates": _number(
+                params, "min_results_for_rates", DEFAULT_MIN_RESULTS_FOR_RATES, int
+            ),
+        }
+        for name in ("max_complaint_rate", "max_hard_bounce_rate"):
+            if not 0 <= limits[name] <= 1:
+                raise CampaignSettingsError(f"{name} {limits[name]!r} is not a rate between 0 and 1")
+        if limits["min_results_for_rates"] < 1:
+            raise CampaignSettingsError("min_results_for_rates must be at least 1")
+        limits["max_mails_per_recipient"] = _number(
+            params, "max_mails_per_recipient", DEFAULT_MAX_MAILS_PER_RECIPIENT, int
+        )
+        limits["frequency_days"] = _number(params, "frequency_days", DEFAULT_FREQUENCY_DAYS, int)
+        if not 1 <= limits["frequency_days"] <= MAX_FREQUENCY_DAYS:
+            raise CampaignSettingsError(
+                f"frequency_days {limits['frequency_days']} is not between 1 and {MAX_FREQUENCY_DAYS}"
+            )
+        default_timezone = params.get("default_timezone") or DEFAULT_TIMEZONE
+        if not isinstance(default_timezone, str) or default_timezone.strip() not in known_zones():
+            raise CampaignSettingsError(
+                f"default_timezone {default_timezone!r} is not an IANA time zone (such as Europe/Berlin)"
+            )
+        try:
+            window = SendWindow.parse(
+                params.get("send_days") or list(WEEKDAYS), params.get("send_hours") or WHOLE_DAY
+            )
+        except WindowError as err:
+            raise CampaignSettingsError(str(err)) from None
         start_at = max(_parse_start_at(params.get("start_at"), logical_date or now), now)
         try:
             latest = now + MAX_START_AHEAD
@@ -383,6 +555,9 @@ class CampaignSettings:
             mode=mode,
             quota_policy=quota_policy,
             ignore_suppressions=params.get("ignore_suppressions") is True,
+            window=window,
+            default_timezone=default_timezone.strip(),
+            **limits,
         )
 
 

@@ -32,10 +32,11 @@ from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from include.campaign import ledger, suppressions
-from include.campaign.audience import Recipient, ScreenedRows, screen_rows
+from include.campaign import frequency, ledger, suppressions
+from include.campaign.audience import Recipient, Rejection, ScreenedRows, screen_rows
 from include.campaign.ledger import PLAN_FAILED, PLANNING, planned_row
 from include.campaign.planner import Batch, BatchPacker
+from include.campaign.windows import DEFAULT_TIMEZONE
 from include.warehouse import (
     CAMPAIGNS_TABLE,
     REJECTED_TABLE,
@@ -61,8 +62,9 @@ STAGING_FIELDS = (
     "email",
     "variables",
     "source_row",
+    "timezone",
 )
-REJECTED_FIELDS = ("campaign_id", "source_row", "recipient_id", "email", "reason")
+REJECTED_FIELDS = ("campaign_id", "source_row", "recipient_id", "email", "reason", "detail")
 
 # A plan writes a chunk every few seconds; one whose row has not moved for this long is dead.
 # Generous, since clearing a live plan would fail it (``definition.finish_plan`` notices).
@@ -201,6 +203,12 @@ class PlanWriter:
         with closing(self._conn.cursor()) as cur:
             return suppressions.active_among(cur, self._dialect, self._placeholder, emails)
 
+    def history(self, emails: set[str], since: datetime, cap: frequency.FrequencyCap) -> frequency.History:
+        """Other campaigns' mails to these emails from ``since`` on (the frequency cap's counts)."""
+        return frequency.history(
+            self._conn, self._dialect, self._placeholder, self._campaign_id, emails, since, cap
+        )
+
     def write_chunk(
         self,
         staged: Sequence[Sequence[Any]],
@@ -231,6 +239,7 @@ class _Placed:
     open_ids: dict[int, list[str]]
     staging_rows: list[tuple]
     overflow: int | None = None  # recipients that fit the allowed batches, if the chunk passes them
+    details: dict[int, str] | None = None  # a rejection's detail, by source row
 
 
 class ChunkedPlan:
@@ -244,9 +253,16 @@ class ChunkedPlan:
         max_batches: int,
         key_for: Callable[[str, int], str],
         honour_suppressions: bool = True,
+        *,
+        default_zone: str = DEFAULT_TIMEZONE,
+        frequency_cap: frequency.FrequencyCap | None = None,
+        since: datetime | None = None,
     ) -> None:
         self._campaign_id = campaign_id
         self._packer = packer
+        self._default_zone = default_zone
+        self._cap = frequency_cap
+        self._since = since
         self._max_batches = max_batches
         self._key_for = key_for
         self._writer = PlanWriter(hook, campaign_id)
@@ -262,8 +278,8 @@ class ChunkedPlan:
 
     @property
     def batches(self) -> list[Batch]:
-        """The batches written so far (closed), in order."""
-        return self._packer.batches
+        """The batches written so far (closed), in batch-number order."""
+        return sorted(self._packer.batches, key=lambda b: b.batch_number)
 
     def add(self, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Screen, place and write one chunk; raises ``TooManyBatches`` past ``max_batches``."""
@@ -290,30 +306,81 @@ class ChunkedPlan:
             self._writer.write_chunk([], [], self._ledger_rows(self._packer, closed_before, self._open_ids))
 
     def _place(self, columns, rows, first_source_row, staged) -> _Placed:
-        screened = screen_rows(columns, rows, first_source_row, staged, self._suppressed)
+        screened = screen_rows(columns, rows, first_source_row, staged, self._suppressed, self._default_zone)
         packer = self._packer.copy()
-        runs = packer.take(len(screened.accepted))
+        details: dict[int, str] = {}
+        if packer.zoned:  # a recipient without a zone of their own is in the default one
+            lanes = [zone or self._default_zone for zone in screened.zones]
+        else:
+            lanes = screened.zones
+        if self._cap is not None:
+            runs = self._place_capped(packer, screened, lanes, details)
+        elif packer.zoned:  # one run per stretch of recipients of one zone, in arrival order
+            runs = []
+            for zone, count in _stretches(lanes):
+                runs += packer.take(count, zone)
+        else:
+            runs = packer.take(len(screened.accepted))
         position = self.staged
-        if runs and runs[-1][0] > self._max_batches:
+        if runs and max(number for number, _ in runs) > self._max_batches:
             fit = sum(n for number, n in runs if number <= self._max_batches)
             return _Placed(screened, packer, position, {}, [], overflow=position + fit)
         open_ids = {number: list(ids) for number, ids in self._open_ids.items()}
         staging_rows = []
-        accepted = iter(screened.accepted)
+        accepted = iter(zip(screened.accepted, screened.zones, strict=True))
         for batch_number, count in runs:
             ids = open_ids.setdefault(batch_number, [])
-            for recipient_id, email, variables, source_row in islice(accepted, count):
+            for (recipient_id, email, variables, source_row), zone in islice(accepted, count):
                 position += 1
                 ids.append(recipient_id)
                 staging_rows.append(
-                    (self._campaign_id, batch_number, position, recipient_id, email, variables, source_row)
+                    (
+                        self._campaign_id,
+                        batch_number,
+                        position,
+                        recipient_id,
+                        email,
+                        variables,
+                        source_row,
+                        zone,
+                    )
                 )
-        return _Placed(screened, packer, position, open_ids, staging_rows)
+        return _Placed(screened, packer, position, open_ids, staging_rows, details=details)
+
+    def _place_capped(
+        self, packer: BatchPacker, screened: ScreenedRows, lanes: list[str | None], details: dict[int, str]
+    ) -> list:
+        """Place recipients one at a time, each first counted against the frequency cap at the slot
+        it would get; a capped one is rejected (``screened`` loses it) and takes no room."""
+        cap = self._cap
+        history = self._writer.history({email for _, email, _, _ in screened.accepted}, self._since, cap)
+        runs: list[tuple[int, int]] = []
+        kept, kept_zones = [], []
+        for recipient, zone, lane in zip(screened.accepted, screened.zones, lanes, strict=True):
+            recipient_id, email, _, source_row = recipient
+            campaigns = history.capped_by(email, packer.next_send_at(lane))
+            if campaigns is not None:
+                screened.rejected.append(
+                    Rejection(source_row, recipient_id, email, frequency.FREQUENCY_CAPPED)
+                )
+                details[source_row] = frequency.detail(campaigns, cap)
+                continue
+            [(number, _)] = packer.take(1, lane)
+            if runs and runs[-1][0] == number:
+                runs[-1] = (number, runs[-1][1] + 1)
+            else:
+                runs.append((number, 1))
+            kept.append(recipient)
+            kept_zones.append(zone)
+        screened.accepted, screened.zones = kept, kept_zones
+        return runs
 
     def _write(self, placed: _Placed) -> None:
         campaign_id = self._campaign_id
+        details = placed.details or {}
         rejected_rows = [
-            (campaign_id, r.source_row, r.recipient_id, r.email, r.reason) for r in placed.screened.rejected
+            (campaign_id, r.source_row, r.recipient_id, r.email, r.reason, details.get(r.source_row))
+            for r in placed.screened.rejected
         ]
         ledger_rows = self._ledger_rows(placed.packer, self._packer.closed_count, placed.open_ids)
         self._writer.write_chunk(placed.staging_rows, rejected_rows, ledger_rows)
@@ -334,6 +401,18 @@ class ChunkedPlan:
                 open_ids.pop(b.batch_number),
                 b.send_at,
                 now,
+                b.timezone,
             )
             for b in packer.batches[closed_before:]
         ]
+
+
+def _stretches(zones: Sequence[str | None]) -> list[tuple[str | None, int]]:
+    """Consecutive recipients of one zone, as ``(zone, count)``, in order."""
+    stretches: list[tuple[str | None, int]] = []
+    for zone in zones:
+        if stretches and stretches[-1][0] == zone:
+            stretches[-1] = (zone, stretches[-1][1] + 1)
+        else:
+            stretches.append((zone, 1))
+    return stretches

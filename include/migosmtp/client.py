@@ -1,4 +1,4 @@
-"""Everything MigoSMTP-specific: auth, the bulk request, idempotency, look-ups, and its errors.
+"""Everything MigoSMTP-specific: auth, the bulk request, idempotency, look-ups, cancels, and its errors.
 
 The contract is ``shared/reference/migosmtp-api.md``. A difference found in
 the real API is a change to this module only. HTTP goes through the HTTP
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import requests
 from airflow.providers.http.hooks.http import HttpHook
@@ -102,6 +102,11 @@ class RequestRejected(MigoSmtpError):
 class IdempotencyConflict(RequestRejected):
     """409: the idempotency key was used with another body: the batch changed since its first
     attempt. The provider keeps the first; resending cannot help."""
+
+
+class TooLate(MigoSmtpError):
+    """409 too_late: the batch cannot be cancelled any more (its send_at is less than 10 minutes
+    away, or it is sending or delivered); it goes out as scheduled. Asking again cannot help."""
 
 
 class InsecureConnection(InvalidApiKey):
@@ -507,6 +512,8 @@ def _error_for(response: requests.Response, conn_id: str, said: Callable[[str], 
         wait = min(asked, MAX_RETRY_AFTER_SECONDS)
         capped = "" if wait == asked else f" (it asked for {asked:g} s; waits are capped at {wait:g} s)"
         return RateLimited(f"MigoSMTP rate limit hit (429): retrying after {wait:g} s{capped}", wait)
+    if status == 409 and code == "too_late":
+        return TooLate(f"MigoSMTP could not cancel the batch (409 {code}): {detail}", status, code)
     if status == 409:
         return IdempotencyConflict(
             f"MigoSMTP refused the batch (409 {code}): its idempotency key was first used with another "
@@ -626,6 +633,22 @@ class MigoSmtpClient:
         if not isinstance(batch.get("counts"), dict):
             raise MalformedResponse(
                 f"MigoSMTP batch {batch_id} answered {response.status_code} without counts",
+                response.status_code,
+            )
+        return batch
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        """Cancel a scheduled batch: the batch, ``"status": "cancelled"`` (also when it already was).
+        Raises ``TooLate`` when the provider will send it anyway."""
+        response = self._request("POST", f"{BATCHES_ENDPOINT}/{quote(batch_id, safe='')}/cancel")
+        if not response.ok:
+            raise self._error(response)
+        batch = _json_body(response)
+        if batch.get("status") != "cancelled":
+            # A 2xx that does not say cancelled says nothing we can act on: the batch may still go out.
+            raise MalformedResponse(
+                f"MigoSMTP answered {response.status_code} to the cancel of batch {batch_id} without "
+                f"status 'cancelled' (body starts {self._said(response.text, 80)!r})",
                 response.status_code,
             )
         return batch

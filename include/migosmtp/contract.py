@@ -18,6 +18,9 @@ FINAL_TYPES = ("delivered", "bounced", "complained", "unsubscribed")
 BOUNCE_TYPES = ("hard", "soft")
 TIMESTAMP_HEADER = "X-MigoSMTP-Timestamp"
 SIGNATURE_HEADER = "X-MigoSMTP-Signature"
+# A batch can be cancelled only while its send_at is more than this far ahead (the contract's
+# "less than 10 minutes away" answers 409 too_late).
+CANCEL_MIN_LEAD_SECONDS = 600
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:

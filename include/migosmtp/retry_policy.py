@@ -10,9 +10,11 @@
 | execution_timeout), dropped   |                                                            |
 | answer, broken body, 2xx      |                                                            |
 | without id                    |                                                            |
-| 409, other 4xx, malformed,    | fail now, with the API's message (or the client's)         |
-| a body that is not JSON, an   |                                                            |
-| unusable ``timeout`` extra    |                                                            |
+| 409 (idempotency_conflict,    | fail now, with the API's message (or the client's)         |
+| and a cancel's too_late),     |                                                            |
+| other 4xx, malformed, a body  |                                                            |
+| that is not JSON, an unusable |                                                            |
+| ``timeout`` extra             |                                                            |
 | anything else (the warehouse) | the task's retry delay, at most 3 retries                  |
 
 Server-side failures are counted in the task's state store, so 429 retries

@@ -48,6 +48,22 @@ _EVENTS_INDEXES = (
     f"CREATE INDEX IF NOT EXISTS {EVENTS_TABLE}_by_type ON {EVENTS_TABLE} (type)",
 )
 
+# Beside the definition, not in it: how the campaign is steered while it runs. The run sending it,
+# how long before its slot a batch goes, the bad-start thresholds the reconcile reads (a resume may
+# change them), and why the status is what it is (a pause or a cancel, by whom, when).
+_STEERING_COLUMNS = (
+    ("sending_dag_id", "TEXT"),
+    ("sending_run_id", "TEXT"),
+    ("submit_ahead_minutes", "INTEGER"),
+    ("max_complaint_rate", "REAL"),
+    ("max_hard_bounce_rate", "REAL"),
+    ("min_results_for_rates", "INTEGER"),
+    ("status_reason", "TEXT"),
+    # A transactional campaign (ignore_suppressions): its mails do not count under frequency caps.
+    ("transactional", "INTEGER"),
+)
+_CAMPAIGN_STEERING = ",\n        ".join(f"{name} {kind}" for name, kind in _STEERING_COLUMNS)
+
 _SCHEMA = (
     # One row per campaign: its definition as first planned (see campaign/definition.py) and a status.
     f"""CREATE TABLE IF NOT EXISTS {CAMPAIGNS_TABLE} (
@@ -59,7 +75,8 @@ _SCHEMA = (
         status TEXT NOT NULL,
         batches_by_status TEXT NOT NULL,
         created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL)""",
+        updated_at TEXT NOT NULL,
+        {_CAMPAIGN_STEERING})""",
     f"""CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (
         campaign_id TEXT NOT NULL,
         batch_number INTEGER NOT NULL,
@@ -73,6 +90,7 @@ _SCHEMA = (
         last_error TEXT,
         created_at TEXT NOT NULL,
         updated_at TEXT NOT NULL,
+        timezone TEXT,
         PRIMARY KEY (campaign_id, batch_number))""",
     # The staged audience: what each batch sends, read back by the batch's own task.
     # The primary key is what makes de-duplication hold across chunks.
@@ -84,16 +102,20 @@ _SCHEMA = (
         email TEXT NOT NULL,
         variables TEXT NOT NULL,
         source_row INTEGER,
+        timezone TEXT,
         PRIMARY KEY (campaign_id, email),
         UNIQUE (campaign_id, recipient_id))""",
     f"""CREATE INDEX IF NOT EXISTS {STAGING_TABLE}_by_batch
         ON {STAGING_TABLE} (campaign_id, batch_number, position)""",
+    # A recipient's mails in every campaign: the frequency cap's look-up (campaign/frequency.py).
+    f"CREATE INDEX IF NOT EXISTS {STAGING_TABLE}_by_email ON {STAGING_TABLE} (email)",
     f"""CREATE TABLE IF NOT EXISTS {REJECTED_TABLE} (
         campaign_id TEXT NOT NULL,
         source_row INTEGER NOT NULL,
         recipient_id TEXT,
         email TEXT,
         reason TEXT NOT NULL,
+        detail TEXT,
         PRIMARY KEY (campaign_id, source_row))""",
     # One row per halted run: the signal every batch of that run checks before calling the API.
     f"""CREATE TABLE IF NOT EXISTS {HALTS_TABLE} (
@@ -139,8 +161,12 @@ _SCHEMA = (
 # existing table as it was, so ensure_schema adds these to tables an earlier version created.
 _ADDED_COLUMNS = (
     (STAGING_TABLE, "source_row", "INTEGER"),
+    (STAGING_TABLE, "timezone", "TEXT"),
+    (LEDGER_TABLE, "timezone", "TEXT"),
+    (REJECTED_TABLE, "detail", "TEXT"),
     (EVENTS_TABLE, "bounce_type", "TEXT"),
     (DELIVERIES_TABLE, "unsubscribed", "INTEGER NOT NULL DEFAULT 0"),
+    *((CAMPAIGNS_TABLE, name, kind) for name, kind in _STEERING_COLUMNS),
 )
 
 # The time of day as the other tables write it (utc_text), as a column default, so that a plain

@@ -119,6 +119,45 @@ def transaction(hook: DbApiHook) -> Iterator[Any]:
             conn.commit()
 
 
+# Any constant: the PostgreSQL advisory lock that serialises bookings into the account's slots.
+_ACCOUNT_LOCK = 7_351_042_119
+
+
+@contextmanager
+def account_lock(hook: DbApiHook) -> Iterator[None]:
+    """One holder at a time across processes, for a read-then-book of the account's slots. On
+    PostgreSQL an advisory lock on the hook's connection (``one_connection`` keeps it one); on
+    SQLite, whose database is a local file, a lock on a file beside it."""
+    if hook.dialect_name == "postgresql":
+        hook.run(f"SELECT pg_advisory_lock({_ACCOUNT_LOCK})", autocommit=True)
+        try:
+            yield
+        finally:
+            hook.run(f"SELECT pg_advisory_unlock({_ACCOUNT_LOCK})", autocommit=True)
+        return
+    import fcntl
+
+    with closing(hook.get_conn()) as conn:
+        path = next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "")
+    with open(f"{path or '/tmp/warehouse'}.slots.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def changed_rows(hook: DbApiHook, sql: str, parameters: Sequence[Any]) -> int:
+    """Run one statement, committed; returns how many rows it changed (a conditional UPDATE's
+    answer to "did this win?")."""
+    with closing(hook.get_conn()) as conn, closing(conn.cursor()) as cur:
+        cur.execute(sql, tuple(parameters))
+        changed = cur.rowcount
+        if getattr(conn, "autocommit", False) is not True:
+            conn.commit()
+    return changed
+
+
 def table_columns(hook: DbApiHook, table: str) -> list[str]:
     """Column names of a table, or a WarehouseInputError that names the table and the cause."""
     sql = f"SELECT * FROM {quote_table(table)} WHERE 1 = 0"

@@ -34,7 +34,7 @@ def batch_context(error: BaseException, batch_number: int = 3, run_id: str = "ru
         "exception": error,
         "params": PARAMS,
         "dag_run": SimpleNamespace(dag_id="bulk_email_campaign", run_id=run_id, logical_date=None),
-        "task": SimpleNamespace(op_kwargs={"batch": {"batch_number": batch_number}}),
+        "task": SimpleNamespace(batch={"batch_number": batch_number}),
     }
 
 

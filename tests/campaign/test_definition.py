@@ -39,6 +39,9 @@ class TestWhatADefinitionHolds:
             "html_body": "<p>Hi</p>",
             "text_body": "Hi",
             "max_batch_size": 500,
+            "send_days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+            "send_hours": "00:00-24:00",
+            "default_timezone": "UTC",
         }
 
     @pytest.mark.parametrize(

@@ -168,7 +168,7 @@ class TestFinishPlan:
             warehouse, "c1", {}, dag_id="d", run_id="r", dry_run=False, status=definition.PLANNING
         )
         with staging.PlanWriter(warehouse, "c1") as writer:
-            writer.write_chunk([("c1", 1, 1, "r1", "a@example.com", "{}", 1)], [], [])
+            writer.write_chunk([("c1", 1, 1, "r1", "a@example.com", "{}", 1, None)], [], [])
 
         assert staging.clear_abandoned_plans(warehouse, now=datetime.now(UTC) + timedelta(days=1)) == ["c1"]
         with pytest.raises(definition.PlanCleared, match="cleared as abandoned"):
@@ -182,7 +182,7 @@ class TestFinishPlan:
         )
         warehouse.run("UPDATE email_campaigns SET updated_at = '2000-01-01T00:00:00Z'")
         with staging.PlanWriter(warehouse, "c1") as writer:
-            writer.write_chunk([("c1", 1, 1, "r1", "a@example.com", "{}", 1)], [], [])
+            writer.write_chunk([("c1", 1, 1, "r1", "a@example.com", "{}", 1, None)], [], [])
 
         assert staging.clear_abandoned_plans(warehouse) == []
         definition.finish_plan(warehouse, "c1", dry_run=False)

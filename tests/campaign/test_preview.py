@@ -6,7 +6,13 @@ import logging
 
 from demo.audience import create_recipients_table
 from include.campaign.plan import plan_campaign
-from include.campaign.preview import log_preview, recipients_by, rejected_by_reason
+from include.campaign.preview import (
+    by_local_hour,
+    local_hours,
+    log_preview,
+    recipients_by,
+    rejected_by_reason,
+)
 from tests.conftest import DAY, NEXT_DAY
 
 BATCHES = [
@@ -55,3 +61,21 @@ def test_no_batches_no_preview(warehouse, caplog):
     with caplog.at_level(logging.INFO):
         log_preview(warehouse, "none", [])
     assert caplog.records == []
+
+
+def test_local_hours_of_a_warehouse_staged_before_zones_read_in_the_default_zone(warehouse):
+    # The Campaigns view only reads: a staging table without the timezone column (an earlier
+    # version's, not yet upgraded by a plan) is read as every recipient in the default zone.
+    warehouse.run(
+        [
+            "CREATE TABLE email_campaign_recipients (campaign_id TEXT, batch_number INTEGER, "
+            "position INTEGER, recipient_id TEXT, email TEXT, variables TEXT, source_row INTEGER)",
+            "CREATE TABLE email_batch_ledger "
+            "(campaign_id TEXT, batch_number INTEGER, send_at TEXT, status TEXT)",
+            "INSERT INTO email_campaign_recipients VALUES ('c', 1, 1, 'r1', 'a@example.com', '{}', 1)",
+            "INSERT INTO email_campaign_recipients VALUES ('c', 1, 2, 'r2', 'b@example.com', '{}', 2)",
+            # 08:00Z is 09:00 in Berlin.
+            "INSERT INTO email_batch_ledger VALUES ('c', 1, '2026-12-07T08:00:00Z', 'planned')",
+        ]
+    )
+    assert by_local_hour(local_hours(warehouse, "c", "Europe/Berlin")) == {"09:00": {"Europe/Berlin": 2}}

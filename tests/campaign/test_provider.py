@@ -66,6 +66,29 @@ class TestCalls:
         counts = gateway.batch_counts(accepted.batch_id)
         assert set(counts) == set(provider.EVENT_TYPES) and all(isinstance(n, int) for n in counts.values())
 
+    def test_a_batch_is_cancelled_while_its_send_at_is_the_lead_ahead_and_else_goes_out(self, clean_sandbox):
+        gateway = provider.Provider()
+
+        def submit(batch_number, lead):
+            body = provider.payload(CONTENT, RECIPIENTS, datetime.now(UTC) + lead, "c1", batch_number)
+            return gateway.submit(body, provider.batch_key("c1", batch_number))
+
+        ahead = submit(1, provider.CANCEL_MIN_LEAD + timedelta(minutes=1))
+        near = submit(2, provider.CANCEL_MIN_LEAD - timedelta(minutes=1))
+
+        assert gateway.cancel(ahead.batch_id) is True
+        assert gateway.cancel(ahead.batch_id) is True  # already cancelled: it still will not go out
+        assert gateway.cancel(near.batch_id) is False  # too late: it goes out as scheduled
+
+        statuses = {b["batch_id"]: b["status"] for b in clean_sandbox.record()["batches"]}
+        assert statuses == {ahead.batch_id: "cancelled", near.batch_id: "scheduled"}
+        assert gateway.monthly_quota().used == 2  # the cancelled batch's two are given back
+
+    def test_a_cancel_that_fails_otherwise_raises(self, clean_sandbox):
+        with pytest.raises(client.RequestRejected) as raised:
+            provider.Provider().cancel("bat_missing")
+        assert provider.is_provider_error(raised.value) and raised.value.status == 404
+
     def test_the_key_is_the_clients(self):
         assert provider.batch_key("c1", 3) == client.idempotency_key("c1", 3)
 

@@ -17,6 +17,7 @@ from airflow.sdk.exceptions import ParamValidationError
 
 from include.campaign.planner import PlanCaps
 from include.campaign.settings import CampaignSettings, CampaignSettingsError, campaign_params
+from include.campaign.windows import WEEKDAYS
 from tests.conftest import REPO_ROOT
 from tests.helpers import DOCUMENTED_PARAMS
 
@@ -35,9 +36,19 @@ DEFAULTS = {
     "mode": "send",
     "quota_policy": "refuse",
     "ignore_suppressions": False,
+    "submit_ahead_minutes": 60,
+    "max_complaint_rate": 0.003,
+    "max_hard_bounce_rate": 0.05,
+    "min_results_for_rates": 200,
+    "max_mails_per_recipient": 0,
+    "frequency_days": 7,
+    "default_timezone": "UTC",
+    "send_days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+    "send_hours": "00:00-24:00",
 }
 
 
+SECTIONS = ("Audience", "Message", "Limits", "Sending window", "Run")
 README = REPO_ROOT / "README.md"
 
 
@@ -56,6 +67,8 @@ def readme_default(value: Any) -> str:
     """A default as the README's table writes it: booleans and numbers plain, strings as code."""
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, list):
+        return "all seven" if value == list(WEEKDAYS) else ", ".join(f"`{v}`" for v in value)
     return str(value) if isinstance(value, int) else f"`{value}`"
 
 
@@ -219,7 +232,7 @@ class TestCampaignParams:
             if len(names) == 1 and names[0] != "campaign_id" and params_[names[0]].value is not None
         }
 
-        assert len(shown) == 8  # every Param but the message's four, campaign_id and start_at
+        assert len(shown) == 17  # every Param but the message's four, campaign_id and start_at
         assert shown == {name: readme_default(params_[name].value) for name in shown}
 
     def test_every_param_has_its_default_pinned_here(self):
@@ -323,18 +336,18 @@ class TestTheTriggerForm:
         for name, param in campaign_params().items():
             assert param.schema.get("title"), name
             assert param.description and "\n" not in param.description and len(param.description) <= 110, name
-            assert param.schema.get("section") in ("Audience", "Message", "Limits", "Run"), name
+            assert param.schema.get("section") in SECTIONS, name
 
-    def test_sections_come_in_order_audience_message_limits_run(self):
+    def test_sections_come_in_order_audience_message_limits_window_run(self):
         sections = [p.schema["section"] for p in campaign_params().values()]
-        assert list(dict.fromkeys(sections)) == ["Audience", "Message", "Limits", "Run"]
+        assert list(dict.fromkeys(sections)) == list(SECTIONS)
 
     def test_bodies_are_multi_line_start_at_a_date_time_and_the_choices_drop_downs(self):
         params_ = campaign_params()
         assert {params_[n].schema.get("format") for n in ("html_body", "text_body")} == {"multiline"}
         assert params_["start_at"].schema["format"] == "date-time"
         for name, choices in (
-            ("mode", {"send", "retry_failed"}),
+            ("mode", {"send", "retry_failed", "pause", "resume", "cancel"}),
             ("quota_policy", {"refuse", "send_what_fits", "ignore"}),
         ):
             assert set(params_[name].schema["enum"]) == choices

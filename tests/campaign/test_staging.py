@@ -82,14 +82,14 @@ class TestChunkSize:
 class TestPlanWriter:
     def test_a_chunk_that_fails_to_write_leaves_none_of_its_rows(self, warehouse):
         ensure_schema(warehouse)
-        staged = [("c1", 1, 1, "r1", "a@example.com", "{}", 1)]
+        staged = [("c1", 1, 1, "r1", "a@example.com", "{}", 1, None)]
         planned_twice = [
-            ("c1", 1, None, "k1", '["r1"]', 1, "planned", "2027-03-01T09:00:00Z", 0, None, "t", "t"),
+            ("c1", 1, None, "k1", '["r1"]', 1, "planned", "2027-03-01T09:00:00Z", 0, None, "t", "t", None),
         ] * 2  # the ledger's key refuses the second row
 
         refused = pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError))
         with PlanWriter(warehouse, "c1") as writer, refused:
-            writer.write_chunk(staged, [("c1", 2, "r2", None, "missing_email")], planned_twice)
+            writer.write_chunk(staged, [("c1", 2, "r2", None, "missing_email", None)], planned_twice)
 
         for table in ("email_campaign_recipients", "email_rejected_recipients", "email_batch_ledger"):
             assert fetch_dicts(warehouse, f"SELECT COUNT(*) AS n FROM {table}", ())[0]["n"] == 0, table
@@ -97,9 +97,9 @@ class TestPlanWriter:
     def test_staged_names_only_this_campaigns_earlier_rows(self, warehouse):
         ensure_schema(warehouse)
         with PlanWriter(warehouse, "c1") as writer:
-            writer.write_chunk([("c1", 1, 1, "r1", "a@example.com", "{}", 1)], [], [])
+            writer.write_chunk([("c1", 1, 1, "r1", "a@example.com", "{}", 1, None)], [], [])
         with PlanWriter(warehouse, "c2") as writer:
-            writer.write_chunk([("c2", 1, 1, "r2", "b@example.com", "{}", 1)], [], [])
+            writer.write_chunk([("c2", 1, 1, "r2", "b@example.com", "{}", 1, None)], [], [])
 
             assert writer.staged({"a@example.com", "b@example.com"}, {"r1", "r2", "r3"}) == (
                 {"b@example.com"},

@@ -191,7 +191,7 @@ def stage_batch(hook, batch_number: int, emails: list[str], attempts: int = 0) -
     hook.insert_rows(
         "email_campaign_recipients",
         [
-            ("c1", batch_number, batch_number * 100 + i, ids[i], e, "{}", 10 * batch_number + i)
+            ("c1", batch_number, batch_number * 100 + i, ids[i], e, "{}", 10 * batch_number + i, None)
             for i, e in enumerate(emails)
         ],
         target_fields=list(STAGING_FIELDS),

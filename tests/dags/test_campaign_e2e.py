@@ -14,7 +14,7 @@ import pytest
 from demo.audience import create_recipients_table, sample_rows
 from include.campaign import definition
 from include.campaign.ledger import rows as ledger_rows
-from tests.conftest import DAY, NEXT_DAY
+from tests.conftest import ALL_AT_ONCE, DAY, NEXT_DAY
 from tests.helpers import sends
 
 ARTICLE_CONF = {"start_at": f"{DAY}T14:00:00Z", "hourly_cap": 150, "daily_cap": 1500}
@@ -205,6 +205,7 @@ class TestResendingOnlyWhatFailed:
             "hourly_cap": 1000,
             "daily_cap": 1000,
             "start_at": f"{DAY}T09:00:00Z",
+            "submit_ahead_minutes": ALL_AT_ONCE,
         }
         sandbox.set_faults([{"action": "status", "status": 400, "message": "bad html", "times": 1}])
         assert run_campaign(**conf).state == "failed"

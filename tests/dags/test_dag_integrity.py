@@ -19,6 +19,7 @@ from airflow.sdk import TriggerRule
 from airflow.sdk.definitions.mappedoperator import MappedOperator
 from airflow.utils.file import might_contain_dag
 
+from include.campaign.operators import SendBatchOperator
 from include.migosmtp.retry_policy import MigoSmtpRetryPolicy
 from tests.conftest import REPO_ROOT
 from tests.helpers import DOCUMENTED_PARAMS
@@ -111,9 +112,10 @@ class TestBulkEmailCampaignDag:
         assert dagbag.import_errors == {}
         assert DAG_ID in dagbag.dag_ids
 
-    def test_the_dag_is_manually_triggered_one_run_at_a_time_and_tagged(self, dag):
+    def test_the_dag_is_manually_triggered_several_campaigns_at_a_time_and_tagged(self, dag):
+        # A run lasts as long as its plan (days): other campaigns must not wait for it.
         assert dag.schedule is None
-        assert dag.max_active_runs == 1
+        assert dag.max_active_runs > 1
         assert dag.catchup is False
         assert {"email", "migosmtp"} <= set(dag.tags)
 
@@ -131,6 +133,7 @@ class TestBulkEmailCampaignDag:
         send_batch = dag.get_task("send_batch")
 
         assert isinstance(send_batch, MappedOperator)
+        assert send_batch.operator_class is SendBatchOperator  # deferrable: it waits in the triggerer
         assert isinstance(send_batch.retry_policy, MigoSmtpRetryPolicy)
         assert send_batch.retries >= 3  # room for 429 waits beyond the article's three 5xx retries
         assert isinstance(send_batch.map_index_template, str)
@@ -172,7 +175,7 @@ class TestWeeklyNewsletterDag:
         assert weekly.timetable.expression == "0 9 * * 1"
         assert weekly.timezone.name == "UTC"
         assert weekly.catchup is False
-        assert weekly.max_active_runs == 1
+        assert weekly.max_active_runs > 1  # a run that outlasts its week does not block the next
 
     def test_it_reads_newsletter_subscribers_and_personalises_the_body(self, weekly):
         params = weekly.params

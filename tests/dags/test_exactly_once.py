@@ -27,15 +27,15 @@ import pytest
 
 from demo.audience import create_recipients_table
 from include.campaign.ledger import rows as ledger_rows
+from include.warehouse import utc_text
 from tests.conftest import (
     AUDIENCE,
     REPO_ROOT,
     SCENARIO_REPORT,
-    ChatWebhook,
     point_migosmtp_at,
     postgres_admin,
 )
-from tests.helpers import api_requests, received
+from tests.helpers import api_requests, due_in, fail_runs_left_running, received, wait_for_plan
 
 RECIPIENTS = AUDIENCE  # the audience fixture's recipients
 CONF = {"max_batch_size": 10, "hourly_cap": 1000, "daily_cap": 1000}
@@ -263,16 +263,6 @@ class TestHaltAndResume:
         assert max(per_hour.values()) == 10
 
 
-@pytest.fixture
-def chat_webhook(monkeypatch):
-    """A chat incoming-webhook on loopback behind ``campaign_alerts``; yields the messages it got."""
-    with ChatWebhook() as hook:
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_CAMPAIGN_ALERTS", json.dumps({"conn_type": "http", "host": hook.url})
-        )
-        yield hook.received
-
-
 class TestHaltAlerts:
     def test_one_chat_alert_per_halt(self, run_campaign, audience, sandbox, chat_webhook):
         sandbox.set_faults([{"action": "status", "status": 402}])
@@ -387,21 +377,7 @@ class TestProcessesDying:
         """The whole dag.test process is SIGKILLed while a bulk request is waiting on the provider."""
         sandbox.set_faults([{"action": "latency", "seconds": 3, "times": 1}])
         # The same Airflow home, connections and DAG folder: the environment conftest set up.
-        script = textwrap.dedent(
-            f"""
-            from airflow.dag_processing.dagbag import DagBag
-            dag = DagBag(dag_folder={str(REPO_ROOT / "dags")!r}).dags["bulk_email_campaign"]
-            dag.test(run_conf={{"campaign_id": "c1", **{CONF!r}}})
-            """
-        )
-        worker = subprocess.Popen(
-            [sys.executable, "-c", script],
-            cwd=REPO_ROOT,
-            env=os.environ.copy(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        worker = dag_test_in_another_process({"campaign_id": "c1", **CONF, "submit_ahead_minutes": 14400})
         try:
             in_flight = None
             # A bound, not the usual time: a fresh process imports Airflow and plans first, which took
@@ -424,11 +400,89 @@ class TestProcessesDying:
         ):
             assert time.monotonic() < deadline, "the in-flight batch never landed at the sandbox"
             time.sleep(0.1)
+        assert len(fail_runs_left_running()) == 1  # the killed run, until now "running"
 
         rerun = run_campaign(**RESUME)
 
         assert rerun.state == "success"
         assert_exactly_once("run killed with a request in flight, then rerun", sandbox, audience, started)
+
+
+def dag_test_in_another_process(conf: dict) -> subprocess.Popen:
+    """``dag.test()`` of the campaign DAG in a process of its own (a group of its own, to SIGKILL
+    whole), with the Airflow home, connections and DAG folder conftest set up."""
+    script = textwrap.dedent(
+        f"""
+        from airflow.dag_processing.dagbag import DagBag
+        dag = DagBag(dag_folder={str(REPO_ROOT / "dags")!r}).dags["bulk_email_campaign"]
+        dag.test(run_conf={conf!r})
+        """
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+class TestWaitingBatches:
+    """The same guarantees when the batches first wait deferred, then meet the faults on waking."""
+
+    @pytest.mark.parametrize(
+        "name, faults",
+        [
+            ("429 storm after a wait", [{"action": "status", "status": 429, "retry_after": "1", "times": 6}]),
+            ("accept, then drop the answer, after a wait", [{"action": "drop_after_accept", "times": 2}]),
+        ],
+    )
+    def test_transient_faults_after_a_wait(self, run_campaign, audience, sandbox, started, name, faults):
+        sandbox.set_faults(faults)
+        slot, ahead = due_in(20)
+        slot = utc_text(slot)
+
+        assert run_campaign(**CONF, start_at=slot, submit_ahead_minutes=ahead).state == "success"
+
+        assert {b["send_at"] for b in sandbox.record()["batches"]} == {slot}
+        if faults[0]["action"] == "drop_after_accept":
+            assert_looked_up_before_every_resend(sandbox)
+        assert_exactly_once(name, sandbox, audience, started)
+
+    def test_5xx_after_a_wait_then_resume(self, run_campaign, audience, sandbox, started):
+        sandbox.set_faults([{"action": "status", "status": 500, "times": 1000}])
+        slot, ahead = due_in(20)
+        slot = utc_text(slot)
+
+        assert run_campaign(**CONF, start_at=slot, submit_ahead_minutes=ahead).state == "failed"
+        assert received(sandbox) == {}
+
+        sandbox.set_faults([])
+        assert run_campaign(**RESUME).state == "success"
+        assert {b["send_at"] for b in sandbox.record()["batches"]} == {slot}
+        assert_exactly_once("5xx after a wait, then retry_failed", sandbox, audience, started)
+
+    def test_run_killed_while_its_batches_wait_then_resume(self, run_campaign, audience, sandbox, started):
+        """The dag.test process is SIGKILLed while every batch waits deferred; the resume sends each once."""
+        tomorrow = (datetime.now(UTC) + timedelta(days=1)).replace(hour=9, minute=0, second=0, microsecond=0)
+        start_at = f"{tomorrow:%Y-%m-%dT%H:%M:%SZ}"
+        worker = dag_test_in_another_process({"campaign_id": "c1", **CONF, "start_at": start_at})
+        try:
+            wait_for_plan(audience, "c1", batches=3)
+            time.sleep(5)  # its batches are deferred by now: they wait for tomorrow
+            assert api_requests(sandbox) == [] or all(r["method"] == "GET" for r in api_requests(sandbox))
+            os.killpg(worker.pid, signal.SIGKILL)
+        finally:
+            worker.wait(timeout=30)
+        assert {r["status"] for r in ledger(audience)} == {"planned"}
+        assert len(fail_runs_left_running()) == 1  # the killed run, until now "running"
+
+        rerun = run_campaign(**{**RESUME, "submit_ahead_minutes": 14400})
+
+        assert rerun.state == "success"
+        assert {b["send_at"][:13] for b in sandbox.record()["batches"]} == {f"{tomorrow:%Y-%m-%dT%H}"}
+        assert_exactly_once("run killed while its batches wait, then rerun", sandbox, audience, started)
 
 
 def warehouse_outage(hook, seconds: float) -> None:

@@ -19,13 +19,14 @@ from demo.audience import create_recipients_table
 from include.campaign import definition
 from include.campaign.ledger import rows as ledger_rows
 from include.campaign.settings import derive_campaign_id
-from tests.conftest import FACTORY_DAG_ID, load_campaign_dag, past_monday_0900, point_migosmtp_at
+from tests.conftest import ALL_AT_ONCE, FACTORY_DAG_ID, load_campaign_dag, past_monday_0900, point_migosmtp_at
 from tests.helpers import api_requests
 
 WEEKLY = "weekly_newsletter"
 
 
 def run(dag_id: str, logical_date: datetime, **conf):
+    conf.setdefault("submit_ahead_minutes", ALL_AT_ONCE)
     return load_campaign_dag(dag_id).test(logical_date=logical_date, run_after=logical_date, run_conf=conf)
 
 

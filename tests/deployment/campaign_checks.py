@@ -15,6 +15,7 @@ from typing import Any
 from demo.airflow_stack import DAG_ID, POOL, AirflowStack
 from demo.audience import sample_rows
 from include.warehouse import utc_text
+from tests.conftest import ALL_AT_ONCE
 
 API_KEY = "test-key"
 # Short server-error back-off, as in tests/conftest.py, so a stray 5xx costs seconds.
@@ -39,6 +40,7 @@ def campaign_conf(campaign_id: str, start_at: datetime) -> dict[str, Any]:
         "hourly_cap": HOURLY_CAP,
         "daily_cap": 1000,
         "start_at": utc_text(start_at),
+        "submit_ahead_minutes": ALL_AT_ONCE,
     }
 
 

@@ -24,7 +24,7 @@ from demo.audience import create_recipients_table
 from include.campaign.ledger import rows as ledger_rows
 from include.warehouse import utc_text
 from sandbox import SandboxProcess
-from tests.conftest import REPO_ROOT
+from tests.conftest import ALL_AT_ONCE, REPO_ROOT
 from tests.deployment.campaign_checks import API_KEY, first_slot
 
 pytestmark = pytest.mark.deployment
@@ -150,6 +150,7 @@ def test_trigger_a_dry_run_from_the_form_then_send_and_follow_it_on_the_campaign
                 "max_batch_size": 10,
                 "hourly_cap": 20,
                 "start_at": utc_text(start_at),
+                "submit_ahead_minutes": ALL_AT_ONCE,
             },
         )
         assert stack.wait_for_dag_run(DAG_ID, sent_run)["state"] == "success"
@@ -174,8 +175,8 @@ def test_trigger_a_dry_run_from_the_form_then_send_and_follow_it_on_the_campaign
         bounced = sum(e["type"] == "bounced" for e in sandbox.events())
         page.goto(f"{stack.base_url}/campaigns/")
         row = page.locator('tr[data-campaign="browser-sent"]')
-        expect(row.locator("td").nth(7)).to_have_text(f"{delivered:,}")
-        expect(row.locator("td").nth(8)).to_have_text(f"{bounced:,}")
+        expect(row.locator("td").nth(8)).to_have_text(f"{delivered:,}")
+        expect(row.locator("td").nth(9)).to_have_text(f"{bounced:,}")
         page.goto(f"{stack.base_url}/campaigns/browser-sent")
         page.screenshot(path=str(ARTIFACTS / "campaign-sent.png"), full_page=True)
         browser.close()

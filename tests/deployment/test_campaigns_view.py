@@ -15,11 +15,12 @@ from demo.audience import create_recipients_table
 from include.views.pages import SECURITY_HEADERS
 from include.warehouse import utc_text
 from sandbox import SandboxProcess
+from tests.conftest import ALL_AT_ONCE
 from tests.deployment.campaign_checks import API_KEY, first_slot
 
 pytestmark = pytest.mark.deployment
 
-CONF = {"max_batch_size": 10, "hourly_cap": 20, "daily_cap": 1000}
+CONF = {"max_batch_size": 10, "hourly_cap": 20, "daily_cap": 1000, "submit_ahead_minutes": ALL_AT_ONCE}
 
 
 def test_only_signed_in_users_see_the_campaigns_and_the_pages_show_the_ledger(

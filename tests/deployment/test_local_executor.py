@@ -81,10 +81,12 @@ def test_a_campaign_triggered_over_rest_is_sent_once_within_the_pool(
     assert statuses == {"failed": 2, "halted": BATCHES - 2}, statuses
     [alert] = alerts.received
     assert "campaign 'deploy-402' halted" in alert["text"] and "402" in alert["text"]
-    # The UI names a batch while its request is still out, not only once the task has ended.
-    assert labels_in_flight, "no running batch was seen while the sandbox held a request"
+    # The UI names a batch while its request is still out, not only once the task has ended. A batch
+    # that has only just started shows its bare map index until its first render (Airflow's own
+    # fallback), so the others running beside it may still be numbers.
     label = re.compile(r"batch \d+/\d+ · \S+Z · \d+")
-    assert all(label.fullmatch(text or "") for text in labels_in_flight), labels_in_flight
+    assert any(label.fullmatch(text) for text in labels_in_flight), labels_in_flight
+    assert all(label.fullmatch(text) or text.isdigit() for text in labels_in_flight), labels_in_flight
 
 
 def _labels_while_a_send_is_in_flight(stack, sandbox, run_id: str) -> list:
@@ -95,8 +97,10 @@ def _labels_while_a_send_is_in_flight(stack, sandbox, run_id: str) -> list:
             return None
         tis = stack.api.task_instances(DAG_ID, run_id)
         running = [t for t in tis if t["task_id"] == "send_batch" and t["state"] == "running"]
-        if running and sandbox.health().get("in_flight"):
-            return [t["rendered_map_index"] for t in running]
+        labels = [t["rendered_map_index"] or "" for t in running]
+        # Only a batch past its first render can be the one holding the request.
+        if any(not text.isdigit() for text in labels) and sandbox.health().get("in_flight"):
+            return labels
         return None
 
     return stack._wait_for("scheduler", "a running batch while a send is in flight", probe, timeout=120)

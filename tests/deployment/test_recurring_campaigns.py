@@ -14,6 +14,7 @@ from include.campaign.ledger import rows as ledger_rows
 from include.campaign.settings import derive_campaign_id
 from include.warehouse import utc_text
 from sandbox import SandboxProcess
+from tests.conftest import ALL_AT_ONCE
 from tests.deployment.campaign_checks import API_KEY
 from tests.deployment.conftest import WEEKLY
 from tests.helpers import sends as posts
@@ -91,7 +92,7 @@ def test_two_campaign_dags_planning_together_hold_the_account_caps(
     stack = local_stack
     create_recipients_table(hook, "newsletter_subscribers", 30)
     create_recipients_table(hook, "recipients", 30)
-    caps = {"max_batch_size": 10, "hourly_cap": 20, "daily_cap": 1000}
+    caps = {"max_batch_size": 10, "hourly_cap": 20, "daily_cap": 1000, "submit_ahead_minutes": ALL_AT_ONCE}
     start_at = (datetime.now(UTC) + timedelta(days=7)).replace(hour=9, minute=0, second=0, microsecond=0)
     weekly_date = TRIGGERED_WEEK
 
@@ -140,6 +141,7 @@ def test_a_halted_run_cleared_over_rest_once_the_quota_is_back_finishes_and_a_se
     create_recipients_table(hook, "recipients", 30)
     start_at = (datetime.now(UTC) + timedelta(days=7)).replace(hour=9, minute=0, second=0, microsecond=0)
     conf = {"campaign_id": "cleared", "max_batch_size": 10, "hourly_cap": 1000, "daily_cap": 1000}
+    conf["submit_ahead_minutes"] = ALL_AT_ONCE
     conf["quota_policy"] = "ignore"  # no pre-flight, so the quota runs out part-way (a 402)
 
     with SandboxProcess(tmp_path / "sandbox.db", api_key=API_KEY) as sandbox:

@@ -37,6 +37,7 @@ from include.campaign.ledger import rows as ledger_rows
 from include.migosmtp.webhooks import sign
 from include.warehouse import DELIVERIES_TABLE, EVENTS_TABLE, fetch_dicts, utc_text
 from sandbox import SandboxProcess
+from tests.conftest import ALL_AT_ONCE
 
 pytestmark = pytest.mark.deployment
 
@@ -266,6 +267,7 @@ def test_webhooks_reach_the_api_server_once_each_and_reconcile_the_ledger(tmp_pa
                 # submitted; the sandbox clock is then advanced past it and all 10 batches are
                 # delivered at once: the drain below is bounded by the receiver, not the campaign.
                 "start_at": utc_text(send_at),
+                "submit_ahead_minutes": ALL_AT_ONCE,
             }
             run_id = stack.api.trigger_dag_run(DAG_ID, conf)
             run = stack.wait_for_dag_run(DAG_ID, run_id)

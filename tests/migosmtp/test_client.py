@@ -41,6 +41,7 @@ from include.migosmtp.client import (
     RequestRejected,
     SendReceipt,
     ServerError,
+    TooLate,
     batch_tags,
     build_payload,
     idempotency_key,
@@ -577,6 +578,7 @@ class TestSendBulk:
             QuotaExceeded,
             RequestRejected,
             ServerError,
+            TooLate,
         ):
             assert issubclass(cls, MigoSmtpError)
         assert issubclass(RateLimited, MigoSmtpError)
@@ -632,6 +634,72 @@ class TestFindBatch:
         with pytest.raises(InvalidApiKey) as excinfo:
             MigoSmtpClient().find_batch("k-any")
         assert excinfo.value.status == 401
+
+
+class TestCancelBatch:
+    def test_cancels_a_scheduled_batch_and_a_second_cancel_answers_the_same(self, clean_sandbox) -> None:
+        client = MigoSmtpClient()
+        receipt = client.send_bulk(make_payload(3), "k-cancel")
+
+        first = client.cancel_batch(receipt.batch_id)
+        again = client.cancel_batch(receipt.batch_id)
+
+        assert first == again == {**client.get_batch(receipt.batch_id), "status": "cancelled"}
+        assert first["batch_id"] == receipt.batch_id and first["recipient_count"] == 3
+        assert client.get_quota().monthly_used == 0  # its recipients are back in the quota
+        posts = [(r["path"], r["status_code"]) for r in clean_sandbox.requests() if r["method"] == "POST"]
+        assert posts[1:] == [(f"/v1/email/batches/{receipt.batch_id}/cancel", 200)] * 2
+
+    def test_less_than_10_minutes_before_send_at_raises_too_late_not_retried(self, clean_sandbox) -> None:
+        client = MigoSmtpClient()
+        soon = datetime.now(UTC) + timedelta(minutes=5)
+        payload = build_payload(
+            from_email="news@example.com",
+            subject="s",
+            html="h",
+            text="t",
+            recipients=recipients(1),
+            send_at=soon,
+            tags=[],
+        )
+        batch_id = client.send_bulk(payload, "k-soon").batch_id
+
+        with pytest.raises(TooLate) as excinfo:
+            client.cancel_batch(batch_id)
+
+        err = excinfo.value
+        assert (err.status, err.code) == (409, "too_late")
+        assert not isinstance(err, RequestRejected)  # not the request's fault, nor a key conflict
+        assert "could not cancel" in str(err) and "less than 10 minutes away" in str(err)
+        assert rejected_at_once(err)
+        assert client.get_batch(batch_id)["status"] == "scheduled"
+
+    def test_an_unknown_batch_is_rejected_as_not_found(self, clean_sandbox) -> None:
+        with pytest.raises(RequestRejected) as excinfo:
+            MigoSmtpClient().cancel_batch("bat_missing")
+        assert (excinfo.value.status, excinfo.value.code) == (404, "not_found")
+
+    def test_wrong_key_raises_invalid_api_key(self, clean_sandbox, monkeypatch) -> None:
+        batch_id = MigoSmtpClient().send_bulk(make_payload(1), "k-cancel-401").batch_id
+        set_connection(monkeypatch, clean_sandbox, password="not-the-key")
+        with pytest.raises(InvalidApiKey):
+            MigoSmtpClient().cancel_batch(batch_id)
+        assert clean_sandbox.record()["batches"][0]["status"] == "scheduled"
+
+    @pytest.mark.parametrize(
+        ("fault", "error"),
+        [
+            ({"action": "status", "status": 503}, ServerError),
+            ({"action": "drop"}, OutcomeUnknown),
+            ({"action": "malformed", "accept": True, "body": '{"status": "scheduled"}'}, MalformedResponse),
+        ],
+        ids=["5xx", "no answer", "2xx not cancelled"],
+    )
+    def test_a_failed_answer_raises_what_it_means(self, clean_sandbox, fault, error) -> None:
+        batch_id = MigoSmtpClient().send_bulk(make_payload(1), "k-cancel-fault").batch_id
+        clean_sandbox.set_faults([{**fault, "endpoint": "cancel"}])
+        with pytest.raises(error):
+            MigoSmtpClient().cancel_batch(batch_id)
 
 
 class TestGetQuota:

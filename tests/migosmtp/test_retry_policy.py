@@ -23,6 +23,7 @@ from include.migosmtp.client import (
     RateLimited,
     RequestRejected,
     ServerError,
+    TooLate,
 )
 from include.migosmtp.retry_policy import (
     DELAYS_VARIABLE,
@@ -132,11 +133,14 @@ class TestFailsAtOnce:
                 "too_many_recipients",
             ),
             RequestRejected("MigoSMTP refused the request (409 idempotency_conflict): x", 409),
+            TooLate(
+                "MigoSMTP could not cancel the batch (409 too_late): it is already sending", 409, "too_late"
+            ),
             MalformedResponse("MigoSMTP answered 202 without a batch_id in JSON", 202),
             InvalidPayload("batch 'batch:c1:3' cannot be sent as JSON: ...", code="invalid_payload"),
             InvalidTimeout("connection 'migosmtp_default' has timeout 0", code="invalid_timeout"),
         ],
-        ids=["402", "401", "no-password", "400", "409", "malformed", "not-json", "bad-timeout"],
+        ids=["402", "401", "no-password", "400", "409", "too-late", "malformed", "not-json", "bad-timeout"],
     )
     def test_fail_with_the_error_text(
         self, policy: MigoSmtpRetryPolicy, context: dict[str, Any], store: DictStore, error: Exception

@@ -8,12 +8,18 @@ import csv
 import importlib.util
 import io
 import json
+import re
+from datetime import UTC, datetime
 
 import pytest
 from fastapi import HTTPException
 from fastapi.testclient import TestClient
 
+from include.campaign import ledger
+from include.campaign.deliveries import pause_on_bad_start, reconcile
+from include.migosmtp.webhooks import store
 from include.warehouse import ensure_schema
+from tests.campaign.test_deliveries import ev, results, sending_campaign
 from tests.conftest import REPO_ROOT
 from tests.views.test_pages import Parsed, assert_links_stay_in_the_view
 
@@ -170,3 +176,51 @@ def test_every_response_carries_the_security_headers(view, warehouse, monkeypatc
         assert {h: response.headers.get(h) for h in HEADERS} == {
             k.lower(): v for k, v in SECURITY_HEADERS.items()
         }, what
+
+
+def test_a_campaign_the_reconcile_paused_says_why_what_waits_and_its_rates(view, warehouse):
+    sending_campaign(warehouse, "bad-start")  # batch 1 at the provider, batch 2 waiting (slot 14:00Z)
+    later = [
+        ledger.planned_row("bad-start", n, f"k{n}", ["a"], datetime(2026, 12, 1, 15, tzinfo=UTC), "t")
+        for n in (3, 4)
+    ]
+    warehouse.insert_rows(ledger.LEDGER_TABLE, later, target_fields=list(ledger.FIELDS))
+    ledger.record_cancelled(warehouse, "bad-start", "recipient list withdrawn", batch_number=4)
+    results(warehouse, delivered=240, complaints=1, soft_bounces=3, batch_id="bat_1")  # 1 of 241: 0.41%
+    store(warehouse, [ev("u1", "unsubscribed", "r0@example.com", 20)])  # r0 was delivered, then this
+    reconcile(warehouse, "bad-start")
+    assert pause_on_bad_start(warehouse, "bad-start", now=datetime(2026, 12, 1, 10, 5, tzinfo=UTC))
+
+    page, listing = client(view).get("/bad-start"), client(view).get("/")
+
+    assert page.status_code == listing.status_code == 200
+    reason = "paused by the reconcile at 10:05Z: complaints 0.41% &gt; 0.30%"
+    assert (
+        f'<p class="next" id="next">Next: {reason}; '
+        "2 batches not yet at the provider wait for mode=resume</p>" in page.text
+    )
+    assert "2 waiting, 0 failed or halted, 1 at the provider, 0 delivered, 1 cancelled." in page.text
+    assert (
+        "Over 241 final results: complaints 0.41% (1), hard bounces 0.00% (0), unsubscribes 1." in page.text
+    )
+    batches = {int(m[1]): m[2] for m in re.finditer(r'<tr data-batch="(\d+)">(.*?)</tr>', page.text)}
+    # A waiting batch goes submit_ahead_minutes (60) before its slot; the others have no submit time.
+    assert "<td>2026-12-01T14:00:00Z</td><td>2026-12-01T13:00:00Z</td>" in batches[2]
+    assert "<td>2026-12-01T15:00:00Z</td><td>2026-12-01T14:00:00Z</td>" in batches[3]
+    assert "<td>2026-12-01T14:00:00Z</td><td></td>" in batches[1]
+    assert "badge cancelled" in batches[4] and "recipient list withdrawn" in batches[4]
+    assert f"<td>{reason}; 2 batches not yet at the provider wait for mode=resume</td>" in listing.text
+    assert '<td class="n">0.41% (pauses above 0.30%)</td>' in listing.text
+
+
+def test_a_waiting_campaign_says_which_batch_goes_next_and_when(view, warehouse):
+    sending_campaign(warehouse, "waiting")
+    reconcile(warehouse, "waiting")
+
+    page = client(view).get("/waiting")
+
+    assert (
+        '<p class="next" id="next">Next: batch 2 goes at 2026-12-01T13:00:00Z, '
+        "for its slot at 2026-12-01T14:00:00Z</p>"
+    ) in page.text
+    assert "No thresholds recorded" not in page.text and "once it has 200 final results" in page.text

@@ -20,6 +20,7 @@ import requests
 
 from sandbox import SandboxError, SandboxProcess
 from sandbox.delivery import Step, outcome
+from sandbox.server import Store
 
 API_KEY = "hook-test-key"
 SECRET = "whsec_test_5f2a"
@@ -434,6 +435,50 @@ def test_batch_due_later_emits_nothing(sandbox: SandboxProcess, receiver: Receiv
     assert {e["batch_id"] for e in sandbox.events()} == {due, barrier}
     assert batch(sandbox, later)["status"] == "scheduled"
     assert batch(sandbox, later)["counts"] == dict.fromkeys(COUNT_KEYS, 0)
+
+
+def test_a_cancelled_batch_emits_nothing_and_posts_nothing(
+    sandbox: SandboxProcess, receiver: Receiver
+) -> None:
+    sandbox.update_settings(**NO_RATES)
+    when = send_at(timedelta(hours=1))
+    kept = send(sandbox, 20, when, tag="kept")
+    cancelled = send(sandbox, 20, when, tag="cancelled")
+    resp = requests.post(
+        f"{sandbox.url}/v1/email/batches/{cancelled}/cancel",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=10,
+    )
+    assert resp.status_code == 200, resp.text
+
+    sandbox.advance(3601)
+    wait_delivered(sandbox, kept)  # the tick that sent it saw the cancelled batch due too
+
+    assert emitted(sandbox, cancelled) == []
+    assert all(e["batch_id"] != cancelled for p in receiver.posts for e in p["body"]["events"])
+    assert {e["batch_id"] for e in receiver.accepted_events()} == {kept}
+    got = batch(sandbox, cancelled)
+    assert (got["status"], got["counts"]) == ("cancelled", dict.fromkeys(COUNT_KEYS, 0))
+
+
+def test_a_batch_cancelled_while_it_falls_due_is_not_sent(tmp_path: Path) -> None:
+    # A delivery tick reads the due batches, then sends each: a cancel can land in between.
+    store = Store(str(tmp_path / "race.db"))
+    when = "2030-01-01T00:00:00Z"
+    body = {"from": "a@example.com", "subject": "s", "html": "", "text": "t", "tags": [], "send_at": when}
+    store.accept(
+        {**body, "batch_id": "bat_1", "idempotency_key": None, "recipients": [{"to": "a@b.org"}]}, None
+    )
+    [due] = store.due_batches(when)
+    assert store.cancel("bat_1", not_before="2029-12-31T23:50:00Z")[1]
+    step = {"position": 0, "recipient": "a@b.org", "seq": 0, "type": "delivered", "reason": None}
+    event = {**step, "event_id": "evt_1", "batch_id": "bat_1", "bounce_type": None, "timestamp": 1}
+
+    store.send_batch(due["batch_id"], [{**event, "tags_json": "[]", "emitted_at": 1.0, "skipped": 0}], [])
+
+    assert store.events()["events"] == []
+    assert [b["status"] for b in store.batches()] == ["cancelled"] and store.monthly_used() == 0
+    store.close()
 
 
 def test_receiver_errors_are_retried_with_backoff(sandbox: SandboxProcess, receiver: Receiver) -> None:

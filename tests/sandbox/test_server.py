@@ -6,6 +6,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,31 @@ def send(
 
 def get(sandbox: SandboxProcess, path: str, **params: str) -> requests.Response:
     return requests.get(f"{sandbox.url}{path}", params=params, headers=AUTH, timeout=10)
+
+
+def cancel(
+    sandbox: SandboxProcess, batch_id: str, headers: dict[str, str] | None = None
+) -> requests.Response:
+    return requests.post(
+        f"{sandbox.url}/v1/email/batches/{batch_id}/cancel",
+        headers=AUTH if headers is None else headers,
+        timeout=10,
+    )
+
+
+def in_minutes(minutes: float) -> str:
+    """A send_at that far from now (the sandbox clock is real time after a reset)."""
+    return f"{datetime.now(UTC) + timedelta(minutes=minutes):%Y-%m-%dT%H:%M:%SZ}"
+
+
+def wait_for_status(
+    sandbox: SandboxProcess, batch_id: str, status: str, timeout: float = 15
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while (batch := get(sandbox, f"/v1/email/batches/{batch_id}").json())["status"] != status:
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.05)
+    return batch
 
 
 def test_send_is_accepted_and_recorded_verbatim(sandbox: SandboxProcess) -> None:
@@ -325,6 +351,104 @@ def test_lookups_by_key_tag_status_and_id(sandbox: SandboxProcess) -> None:
     }
     missing = get(sandbox, "/v1/email/batches/bat_missing")
     assert (missing.status_code, missing.json()["error"]) == (404, "not_found")
+
+
+def test_a_batch_far_ahead_is_cancelled_and_a_second_cancel_answers_the_same(sandbox: SandboxProcess) -> None:
+    kept = send(sandbox, payload(1), key="kept").json()["batch_id"]
+    batch_id = send(sandbox, payload(3), key="cancel-me").json()["batch_id"]
+    scheduled = get(sandbox, f"/v1/email/batches/{batch_id}").json()
+    assert get(sandbox, "/v1/account/quota").json()["monthly_used"] == 4
+
+    first, again = cancel(sandbox, batch_id), cancel(sandbox, batch_id)
+
+    assert (first.status_code, again.status_code) == (200, 200)
+    assert first.json() == again.json() == {**scheduled, "status": "cancelled"}
+    assert get(sandbox, f"/v1/email/batches/{batch_id}").json() == first.json()
+    # Its recipients are back in the quota, once; the other batch still counts.
+    assert get(sandbox, "/v1/account/quota").json()["monthly_used"] == 1
+    statuses = {b["batch_id"]: b["status"] for b in sandbox.record()["batches"]}
+    assert statuses == {kept: "scheduled", batch_id: "cancelled"}
+    cancelled = get(sandbox, "/v1/email/batches", status="cancelled").json()["batches"]
+    assert [b["batch_id"] for b in cancelled] == [batch_id]
+
+
+@pytest.mark.parametrize(("minutes", "status"), [(9, 409), (11, 200)])
+def test_cancel_less_than_10_minutes_ahead_is_too_late(
+    sandbox: SandboxProcess, minutes: int, status: int
+) -> None:
+    batch_id = send(sandbox, payload(2, send_at=in_minutes(minutes))).json()["batch_id"]
+
+    response = cancel(sandbox, batch_id)
+
+    assert response.status_code == status
+    if status == 409:
+        assert response.json()["error"] == "too_late"
+        assert "less than 10 minutes away" in response.json()["message"]
+        assert get(sandbox, "/v1/account/quota").json()["monthly_used"] == 2
+
+
+def test_a_batch_too_late_to_cancel_still_goes_out(sandbox: SandboxProcess) -> None:
+    batch_id = send(sandbox, payload(2, send_at=in_minutes(5))).json()["batch_id"]
+    assert cancel(sandbox, batch_id).status_code == 409
+
+    sandbox.advance(600)
+
+    assert wait_for_status(sandbox, batch_id, "delivered")["counts"]["delivered"] == 2
+    assert len([e for e in sandbox.events() if e["batch_id"] == batch_id]) == 2
+
+
+@pytest.mark.parametrize(("defer_rate", "status"), [(1.0, "sending"), (0.0, "delivered")])
+def test_cancelling_a_sending_or_delivered_batch_is_too_late(
+    sandbox: SandboxProcess, defer_rate: float, status: str
+) -> None:
+    # Deferrals keep a batch sending until their follow-ups, 900 s later on the sandbox clock.
+    sandbox.update_settings(defer_rate=defer_rate)
+    batch_id = send(sandbox, payload(2, send_at=in_minutes(-1))).json()["batch_id"]
+    wait_for_status(sandbox, batch_id, status)
+
+    response = cancel(sandbox, batch_id)
+
+    assert (response.status_code, response.json()["error"]) == (409, "too_late")
+    assert f"already {status}" in response.json()["message"]
+    assert get(sandbox, f"/v1/email/batches/{batch_id}").json()["status"] == status
+    assert get(sandbox, "/v1/account/quota").json()["monthly_used"] == 2
+
+
+def test_cancelling_an_unknown_batch_is_the_lookups_404(sandbox: SandboxProcess) -> None:
+    response = cancel(sandbox, "bat_missing")
+    lookup = get(sandbox, "/v1/email/batches/bat_missing")
+    assert (response.status_code, response.json()) == (404, lookup.json())
+    assert lookup.status_code == 404
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}])
+def test_cancel_with_bad_auth_is_401_and_cancels_nothing(
+    sandbox: SandboxProcess, headers: dict[str, str]
+) -> None:
+    batch_id = send(sandbox).json()["batch_id"]
+
+    response = cancel(sandbox, batch_id, headers)
+
+    assert (response.status_code, response.json()["error"]) == (401, "invalid_api_key")
+    assert get(sandbox, f"/v1/email/batches/{batch_id}").json()["status"] == "scheduled"
+
+
+def test_cancel_is_post_only_and_has_faults_of_its_own(sandbox: SandboxProcess) -> None:
+    batch_id = send(sandbox).json()["batch_id"]
+    wrong = requests.get(f"{sandbox.url}/v1/email/batches/{batch_id}/cancel", headers=AUTH, timeout=10)
+    assert (wrong.status_code, wrong.headers["Allow"]) == (405, "POST")
+    sandbox.set_faults([{"endpoint": "cancel", "action": "status", "status": 503}])
+    assert send(sandbox).status_code == 202 and get(sandbox, "/v1/email/batches").status_code == 200
+    assert cancel(sandbox, batch_id).status_code == 503
+    assert cancel(sandbox, batch_id).status_code == 200
+
+
+def test_the_quota_a_cancel_gave_back_survives_a_restart(tmp_path: Path) -> None:
+    with SandboxProcess(tmp_path / "cancel.db", api_key=API_KEY) as process:
+        send(process, payload(1))
+        assert cancel(process, send(process, payload(4)).json()["batch_id"]).status_code == 200
+    with process:
+        assert get(process, "/v1/account/quota").json()["monthly_used"] == 1
 
 
 @pytest.mark.parametrize(
