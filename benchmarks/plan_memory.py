@@ -43,6 +43,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TABLE = "recipients"
@@ -138,7 +139,174 @@ def _window_checks(hook) -> dict:
     return {"zone_mixed_batches": int(mixed), "outside_window": outside}
 
 
-def _child(role: str, size: int, max_batch_size: int, zones: int = 0, window: bool = False) -> dict:
+# The floor: what the database does by itself in one statement. The screening in SQL (trim,
+# lower-case, the address check: PostgreSQL's regex is the planner's own pattern; SQLite has no
+# regex, so a GLOB of the same shape stands in), the duplicates by two window functions (the first
+# row of an id, of an email), the variables as JSON, into a new table, committed. No batches, no
+# ledger, no indexes: a bound no planner that also writes those can reach.
+_FLOOR_SQL = {
+    "sqlite": """
+CREATE TABLE floor_screened AS
+WITH numbered AS (
+  SELECT ROW_NUMBER() OVER (ORDER BY recipient_id, email) AS source_row,
+         NULLIF(TRIM(CAST(recipient_id AS TEXT)), '') AS rid, NULLIF(LOWER(TRIM(email)), '') AS em,
+         first_name, variables
+  FROM recipients),
+checked AS (
+  SELECT *, CASE WHEN rid IS NULL THEN 'missing_recipient_id' WHEN em IS NULL THEN 'missing_email'
+                 WHEN length(em) > 254 OR em NOT GLOB '?*@?*.?*'
+                      OR em GLOB '*[^a-z0-9.@!#$%&''*+/=?^_`{|}~-]*' THEN 'invalid_email' END AS bad
+  FROM numbered),
+ranked AS (
+  SELECT *, ROW_NUMBER() OVER (PARTITION BY bad IS NULL, rid ORDER BY source_row) AS rid_n,
+            ROW_NUMBER() OVER (PARTITION BY bad IS NULL, em ORDER BY source_row) AS em_n
+  FROM checked)
+SELECT source_row, rid AS recipient_id, em AS email,
+       COALESCE(bad, CASE WHEN rid_n > 1 THEN 'duplicate_recipient_id'
+                          WHEN em_n > 1 THEN 'duplicate_email' END) AS reason,
+       json_patch(json_patch('{}', json_object('first_name', first_name)), COALESCE(variables, '{}'))
+         AS variables
+FROM ranked""",
+    "postgresql": """
+CREATE TABLE floor_screened AS
+WITH numbered AS (
+  SELECT ROW_NUMBER() OVER (ORDER BY recipient_id, email) AS source_row,
+         NULLIF(BTRIM(recipient_id::text), '') AS rid, NULLIF(LOWER(BTRIM(email)), '') AS em,
+         first_name, variables
+  FROM recipients),
+checked AS (
+  SELECT *, CASE WHEN rid IS NULL THEN 'missing_recipient_id' WHEN em IS NULL THEN 'missing_email'
+                 WHEN length(em) > 254 OR em !~ %s THEN 'invalid_email' END AS bad
+  FROM numbered),
+ranked AS (
+  SELECT *, ROW_NUMBER() OVER (PARTITION BY bad IS NULL, rid ORDER BY source_row) AS rid_n,
+            ROW_NUMBER() OVER (PARTITION BY bad IS NULL, em ORDER BY source_row) AS em_n
+  FROM checked)
+SELECT source_row, rid AS recipient_id, em AS email,
+       COALESCE(bad, CASE WHEN rid_n > 1 THEN 'duplicate_recipient_id'
+                          WHEN em_n > 1 THEN 'duplicate_email' END) AS reason,
+       (jsonb_strip_nulls(jsonb_build_object('first_name', first_name))
+         || COALESCE(variables::jsonb, '{}'))::text AS variables
+FROM ranked""",
+}
+
+
+def _floor(hook) -> dict:
+    """Time the floor statement on the seeded table; its table is dropped after it is counted."""
+    from contextlib import closing
+
+    from include.campaign.audience import EMAIL_PATTERN
+
+    dialect = hook.dialect_name
+    with closing(hook.get_conn()) as conn:
+        with closing(conn.cursor()) as cur:
+            cur.execute("DROP TABLE IF EXISTS floor_screened")
+        conn.commit()
+        started = time.perf_counter()
+        with closing(conn.cursor()) as cur:
+            if dialect == "postgresql":
+                cur.execute(_FLOOR_SQL[dialect], (f"^{EMAIL_PATTERN}$",))
+            else:
+                cur.execute(_FLOOR_SQL[dialect])
+        conn.commit()
+        seconds = time.perf_counter() - started
+        with closing(conn.cursor()) as cur:
+            cur.execute("SELECT COUNT(*) - COUNT(reason), COUNT(reason) FROM floor_screened")
+            staged, rejected = cur.fetchone()
+            cur.execute("DROP TABLE floor_screened")
+        conn.commit()
+    return {"seconds": round(seconds, 2), "staged": int(staged), "rejected": int(rejected)}
+
+
+class _Phases:
+    """Where a plan's time goes: reading the table, screening, writing the rows, committing (with the
+    plan's heartbeat UPDATE), and the rest (placing batches, building rows), in seconds."""
+
+    def __init__(self) -> None:
+        self.read = self.screen = self.write = self.commit = 0.0
+
+    def install(self) -> None:
+        """Wrap the plan's own functions in timers (this child process only)."""
+        import include.campaign.plan as plan
+        import include.campaign.staging as staging
+
+        phases = self
+        stream_rows, bulk_insert = plan.stream_rows, staging.bulk_insert
+        insert_planned = staging.ledger.insert_planned
+        write_chunk = staging.PlanWriter.write_chunk
+
+        def timed_stream(*args, **kwargs):
+            chunks = stream_rows(*args, **kwargs)
+            while True:
+                started = time.perf_counter()
+                chunk = next(chunks, None)
+                phases.read += time.perf_counter() - started
+                if chunk is None:
+                    return
+                yield chunk
+
+        def timed(add):
+            def wrap(function):
+                def run(*args, **kwargs):
+                    started = time.perf_counter()
+                    try:
+                        return function(*args, **kwargs)
+                    finally:
+                        add(time.perf_counter() - started)
+
+                return run
+
+            return wrap
+
+        def add_write(seconds):
+            phases.write += seconds
+
+        def add_chunk(seconds):
+            phases.commit += seconds
+
+        plan.stream_rows = timed_stream
+        staging.bulk_insert = timed(add_write)(bulk_insert)
+        staging.ledger.insert_planned = timed(add_write)(insert_planned)
+        staging.PlanWriter.write_chunk = timed(add_chunk)(write_chunk)
+
+    def screen_with(self, screen):
+        def run(*args):
+            started = time.perf_counter()
+            try:
+                return screen(*args)
+            finally:
+                self.screen += time.perf_counter() - started
+
+        return run
+
+    def per_100k(self, total: float, rows: int) -> dict:
+        """Each phase's seconds per 100,000 rows read (write_chunk's own time less its inserts is
+        the commit)."""
+        commit = self.commit - self.write
+        rest = total - self.read - self.screen - self.write - commit
+        scale = 100_000 / rows
+        return {
+            name: round(value * scale, 3)
+            for name, value in (
+                ("read", self.read),
+                ("screen", self.screen),
+                ("write", self.write),
+                ("commit", commit),
+                ("rest", rest),
+            )
+        }
+
+
+def _child(
+    role: str,
+    size: int,
+    max_batch_size: int,
+    zones: int = 0,
+    window: bool = False,
+    chunk_rows: int = 0,
+    screen: str = "frame",
+    profile: bool = False,
+) -> dict:
     """Runs in its own process, with the warehouse connection in the environment."""
     import logging
 
@@ -159,13 +327,22 @@ def _child(role: str, size: int, max_batch_size: int, zones: int = 0, window: bo
         if hook.dialect_name == "sqlite":
             hook.run("VACUUM", autocommit=True)
         return {}
+    if role == "floor":
+        return _floor(hook)
     params = {**PARAMS, "max_batch_size": max_batch_size, **(WINDOW if window else {})}
     if role == "plan":
-        from include.campaign.plan import plan_campaign
+        from include.campaign import plan
+        from include.campaign.audience import screen_rows
+        from include.campaign.screening import screen_frame
         from include.warehouse import REJECTED_TABLE, STAGING_TABLE, fetch_dicts
 
+        phases = _Phases()
+        screener = {"frame": screen_frame, "rows": screen_rows}[screen]
+        if profile:
+            phases.install()
+            screener = phases.screen_with(screener)
         started = time.perf_counter()
-        batches = plan_campaign(params)
+        batches = plan.plan_campaign(params, chunk_rows=chunk_rows or plan.CHUNK_ROWS, screen=screener)
         seconds = time.perf_counter() - started
 
         def count(table: str) -> int:
@@ -173,6 +350,7 @@ def _child(role: str, size: int, max_batch_size: int, zones: int = 0, window: bo
 
         max_rss_mib = _max_rss_mib()  # the plan's own peak, before the checks below
         result = {
+            "chunk_rows": chunk_rows or plan.CHUNK_ROWS,
             "batches": len(batches),
             "staged": count(STAGING_TABLE),
             "rejected": count(REJECTED_TABLE),
@@ -181,6 +359,9 @@ def _child(role: str, size: int, max_batch_size: int, zones: int = 0, window: bo
         if window:
             result.update(_window_checks(hook))
             result["last_send_at"] = max(b["send_at"] for b in batches)
+        if profile:
+            read = size + size // 100
+            result["per_100k_rows"] = phases.per_100k(seconds, read)
         return {**result, "seconds": round(seconds, 2), "max_rss_mib": max_rss_mib}
     else:
         from datetime import datetime
@@ -198,31 +379,15 @@ def _child(role: str, size: int, max_batch_size: int, zones: int = 0, window: bo
     return {**result, "seconds": round(seconds, 2), "max_rss_mib": _max_rss_mib()}
 
 
-def _run_child(
-    role: str,
-    size: int,
-    max_batch_size: int,
-    connection: dict,
-    workdir: Path,
-    zones: int = 0,
-    window: bool = False,
-) -> dict:
+def _run_child(connection: dict, workdir: Path, **job: Any) -> dict:
+    """``_child(**job)`` in a fresh process, with the warehouse connection in its environment."""
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(workdir / "airflow"),
         "AIRFLOW_CONN_WAREHOUSE_DEFAULT": json.dumps(connection),
     }
     out = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--child",
-            role,
-            str(size),
-            str(max_batch_size),
-            str(zones),
-            str(int(window)),
-        ],
+        [sys.executable, __file__, "--child", json.dumps(job)],
         check=True,
         capture_output=True,
         text=True,
@@ -232,37 +397,86 @@ def _run_child(
 
 
 def measure(
-    size: int, kind: str, naive: bool, max_batch_size: int = 1000, zones: int = 0, window: bool = False
+    size: int,
+    kind: str,
+    naive: bool,
+    max_batch_size: int = 1000,
+    zones: int = 0,
+    window: bool = False,
+    *,
+    floor: bool = True,
+    chunk_rows: int = 0,
+    screen: str = "frame",
+    profile: bool = False,
 ) -> dict:
+    """One size's figures; ``screen`` "both" also plans the table with the row-by-row screening."""
     # The work folder (the SQLite warehouse, the children's AIRFLOW_HOME) is removed however this ends.
     with tempfile.TemporaryDirectory(prefix="plan-bench-") as tmp:
-        return _measure_in(Path(tmp), size, kind, naive, max_batch_size, zones, window or bool(zones))
+        plan = {
+            "max_batch_size": max_batch_size,
+            "zones": zones,
+            "chunk_rows": chunk_rows,
+            "profile": profile,
+        }
+        return _measure_in(
+            Path(tmp), size, kind, naive, plan, window or bool(zones), floor=floor, screen=screen
+        )
 
 
 def _measure_in(
-    workdir: Path, size: int, kind: str, naive: bool, max_batch_size: int, zones: int, window: bool
+    workdir: Path, size: int, kind: str, naive: bool, job: dict, window: bool, *, floor: bool, screen: str
 ) -> dict:
     connection = _create_warehouse(kind, workdir)
+
+    def child(role: str, **more: Any) -> dict:
+        return _run_child(connection, workdir, role=role, size=size, **{**job, **more})
+
+    def fresh_plan(**more: Any) -> dict:
+        """A plan on tables as fresh as the first plan's."""
+        child("reset")
+        return child("plan", **more)
+
     try:
-        _run_child("seed", size, max_batch_size, connection, workdir, zones)
-        plan = _run_child("plan", size, max_batch_size, connection, workdir, zones, window)
+        child("seed")
+        first_screen = "frame" if screen == "both" else screen
+        plan = child("plan", window=window, screen=first_screen)
         rows = size + size // 100  # the seed adds one bad row per hundred
         result = {
             "warehouse": kind,
             "recipients": size,
             "rows": rows,
-            "max_batch_size": max_batch_size,
+            "max_batch_size": job["max_batch_size"],
+            "screen": first_screen,
             **(
-                {"zones": zones, "window": f"{','.join(WINDOW['send_days'])} {WINDOW['send_hours']}"}
+                {"zones": job["zones"], "window": f"{','.join(WINDOW['send_days'])} {WINDOW['send_hours']}"}
                 if window
                 else {}
             ),
             **plan,
             "rows_per_s": round(rows / plan["seconds"]),
         }
-        if window:  # the same table's UTC-only plan, on tables as fresh as the first plan's
-            _run_child("reset", size, max_batch_size, connection, workdir)
-            utc = _run_child("plan", size, max_batch_size, connection, workdir, zones)
+        if floor:
+            bound = child("floor")
+            result.update(
+                {
+                    "floor_seconds": bound["seconds"],
+                    "floor_staged": bound["staged"],
+                    "floor_rejected": bound["rejected"],
+                    "plan_to_floor": round(plan["seconds"] / bound["seconds"], 2),
+                }
+            )
+        if screen == "both":  # the same plan with the row-by-row screening
+            by_rows = fresh_plan(window=window, screen="rows", profile=False)
+            result.update(
+                {
+                    "rows_screen_seconds": by_rows["seconds"],
+                    "rows_screen_max_rss_mib": by_rows["max_rss_mib"],
+                    "rows_screen_staged": by_rows["staged"],
+                    "rows_screen_to_frame": round(by_rows["seconds"] / plan["seconds"], 2),
+                }
+            )
+        if window:  # the same table's UTC-only plan
+            utc = fresh_plan(screen=first_screen, profile=False)
             result.update(
                 {
                     "utc_batches": utc["batches"],
@@ -274,7 +488,7 @@ def _measure_in(
                 }
             )
         if naive:
-            other = _run_child("naive", size, max_batch_size, connection, workdir)
+            other = child("naive")
             result.update(
                 {
                     "naive_seconds": other["seconds"],
@@ -314,24 +528,41 @@ def main() -> None:
         action="store_true",
         help="plan within mon-fri 09:00-17:00 local, beside the same table's UTC-only plan",
     )
-    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--no-floor", action="store_true", help="skip the set-based SQL floor")
+    parser.add_argument(
+        "--chunk-rows", type=int, default=0, help="rows per chunk (default: the plan's CHUNK_ROWS)"
+    )
+    parser.add_argument(
+        "--screen",
+        choices=["frame", "rows", "both"],
+        default="frame",
+        help="screen chunks as DataFrames (the plan's way), row by row, or both, one after the other",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="seconds per 100,000 rows: read, screen, write, commit"
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        role, size, batch, zones, window = args.child
-        print(json.dumps(_child(role, int(size), int(batch), int(zones), window == "1")))
+        print(json.dumps(_child(**json.loads(args.child))))
         return
+    if args.chunk_rows < 0:
+        parser.error("--chunk-rows must be 0 (the default) or more")
     window = args.window or bool(args.zones)
     # A SIGTERM ends the run as Ctrl-C does: through the finally blocks that remove its work folders
     # and databases (subprocess.run kills the running child first).
     signal.signal(signal.SIGTERM, _terminate)
-    naive = not args.no_naive
+    naive, floor = not args.no_naive, not args.no_floor
+    both = args.screen == "both"
     if not args.json:
-        print(f"warehouse: {args.warehouse}")
+        print(f"warehouse: {args.warehouse}; screening: {'frame' if both else args.screen}")
         if window:
             where = f"over {args.zones} zones" if args.zones else "in default_timezone UTC"
             print(f"window: {', '.join(WINDOW['send_days'])} {WINDOW['send_hours']} local, {where}")
         print(
             f"{'recipients':>10} {'batches':>7} {'seconds':>8} {'rows/s':>8} {'RSS MiB':>8}"
+            + (f" {'floor s':>8} {'plan/floor':>10}" if floor else "")
+            + (f" {'by rows s':>9} {'rows/frame':>10}" if both else "")
             + (
                 f" {'UTC bat.':>8} {'UTC s':>8} {'UTC rows/s':>10} {'UTC RSS':>8} {'win/UTC':>7}"
                 if window
@@ -341,7 +572,17 @@ def main() -> None:
         )
     results = []
     for size in args.sizes:
-        r = measure(size, args.warehouse, naive, zones=args.zones, window=window)
+        r = measure(
+            size,
+            args.warehouse,
+            naive,
+            zones=args.zones,
+            window=window,
+            floor=floor,
+            chunk_rows=args.chunk_rows,
+            screen=args.screen,
+            profile=args.profile,
+        )
         results.append(r)
         if args.json:
             print(json.dumps(r), flush=True)
@@ -350,6 +591,10 @@ def main() -> None:
             f"{r['recipients']:>10} {r['batches']:>7} {r['seconds']:>8} {r['rows_per_s']:>8} "
             f"{r['max_rss_mib']:>8}"
         )
+        if floor:
+            line += f" {r['floor_seconds']:>8} {r['plan_to_floor']:>9}x"
+        if both:
+            line += f" {r['rows_screen_seconds']:>9} {r['rows_screen_to_frame']:>9}x"
         if window:
             line += (
                 f" {r['utc_batches']:>8} {r['utc_seconds']:>8} {r['utc_rows_per_s']:>10}"
@@ -368,6 +613,17 @@ def main() -> None:
             f"{last['max_rss_mib'] / first['max_rss_mib']:.2f}"
             + (f" (UTC-only: {last['utc_max_rss_mib'] / first['utc_max_rss_mib']:.2f})" if window else "")
         )
+    if floor and not args.json:
+        for r in results:
+            if (r["floor_staged"], r["floor_rejected"]) != (r["staged"], r["rejected"]):
+                print(
+                    f"{r['recipients']:,}: the floor's statement staged {r['floor_staged']:,} and rejected "
+                    f"{r['floor_rejected']:,}, the plan {r['staged']:,} and {r['rejected']:,}"
+                )
+    if args.profile and not args.json:
+        print(f"\nseconds per 100,000 rows ({', '.join(results[0]['per_100k_rows'])}):")
+        for r in results:
+            print(f"{r['recipients']:>10} " + " ".join(f"{v:>7}" for v in r["per_100k_rows"].values()))
     if window and not args.json:
         for r in results:
             print(
@@ -377,7 +633,7 @@ def main() -> None:
     if args.xcom and not args.json:
         print(f"\n{'batch size':>10} {'batches':>7} {'XCom bytes/batch':>16}")
         for batch_size in (10, 100, 1000):
-            r = measure(10_000, args.warehouse, naive=False, max_batch_size=batch_size)
+            r = measure(10_000, args.warehouse, naive=False, max_batch_size=batch_size, floor=False)
             print(f"{batch_size:>10} {r['batches']:>7} {r['xcom_bytes_per_batch']:>16}")
 
 

@@ -114,7 +114,8 @@ def _refuse_constant(name: str) -> Any:
 
 # Strict JSON: NaN, Infinity and -Infinity are refused as they are read (the C scanner calls
 # parse_constant for them). A float that overflows (1e999) decodes to inf; the encoder refuses it.
-_decode_json = json.JSONDecoder(parse_constant=_refuse_constant).decode
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_decode_json = _DECODER.decode
 # Looks up which of a chunk's emails and recipient ids earlier chunks staged.
 StagedLookup = Callable[[set[str], set[str]], tuple[set[str], set[str]]]
 

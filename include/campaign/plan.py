@@ -22,6 +22,7 @@ from include.campaign.audience import REQUIRED_COLUMNS
 from include.campaign.frequency import FrequencyCap
 from include.campaign.planner import BatchPacker, hour_floor, place_whole_batches
 from include.campaign.quota import within_quota
+from include.campaign.screening import screen_frame
 from include.campaign.settings import PAUSE, RESUME, RETRY_FAILED, CampaignSettings, for_task
 from include.campaign.staging import ChunkedPlan, TooManyBatches
 from include.warehouse import (
@@ -64,6 +65,7 @@ def plan_campaign(
     run_id: str = "",
     logical_date: datetime | None = None,
     chunk_rows: int = CHUNK_ROWS,
+    screen: staging.Screen = screen_frame,
     max_batches: int | None = None,
     run_state: Callable[[str, str], str | None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -102,7 +104,9 @@ def plan_campaign(
     if recorded and recorded["status"] in ledger.UNFINISHED_PLANS and not _was_attempted(entries):
         entries = []  # a plan that never finished: none of it is the campaign's
     if settings.mode not in (RETRY_FAILED, RESUME) and not _was_attempted(entries):
-        batches = _plan_new_within_quota(hook, settings, dag_id or "", run_id, chunk_rows, max_batches)
+        batches = _plan_new_within_quota(
+            hook, settings, dag_id or "", run_id, chunk_rows, max_batches, screen
+        )
     else:
         current = definition.of(settings)
         recorded = _resumable_definition(settings, entries, recorded, current)
@@ -168,13 +172,19 @@ def _steer(
 
 
 def _plan_new_within_quota(
-    hook, settings: CampaignSettings, dag_id: str, run_id: str, chunk_rows: int, max_batches: int
+    hook,
+    settings: CampaignSettings,
+    dag_id: str,
+    run_id: str,
+    chunk_rows: int,
+    max_batches: int,
+    screen: staging.Screen,
 ) -> list[dict[str, Any]]:
     """A new plan and its quota pre-flight. Until both are done the plan is ``planning`` and
     holds nothing for other campaigns; if either fails, its batches and staged recipients go."""
     campaign_id = settings.campaign_id
     try:
-        batches = _plan_new(hook, settings, dag_id, run_id, chunk_rows, max_batches)
+        batches = _plan_new(hook, settings, dag_id, run_id, chunk_rows, max_batches, screen)
         if settings.dry_run:
             preview.log_preview(hook, campaign_id, batches, settings.default_timezone)
         batches = within_quota(hook, settings, batches, new_plan=True)
@@ -317,7 +327,13 @@ def _plan_resume(
 
 
 def _plan_new(
-    hook, settings: CampaignSettings, dag_id: str, run_id: str, chunk_rows: int, max_batches: int
+    hook,
+    settings: CampaignSettings,
+    dag_id: str,
+    run_id: str,
+    chunk_rows: int,
+    max_batches: int,
+    screen: staging.Screen,
 ) -> list[dict[str, Any]]:
     """Record the campaign's definition (``planning``), then stream the recipients, screen them,
     stage them in batches and write the planned ledger; an earlier plan that sent nothing is
@@ -370,6 +386,7 @@ def _plan_new(
         default_zone=settings.default_timezone,
         frequency_cap=cap,
         since=settings.start_at - (cap.period if cap else timedelta(0)),
+        screen=screen,
     ) as plan:
         try:
             for columns, rows in stream_rows(hook, sql, chunk_rows):

@@ -4,7 +4,8 @@ Campaign modules ask this module, never the client: to submit a batch, look one 
 key, cancel one, read the month's quota or a batch's counts, and what an error means for the campaign
 (does it halt the run? alert once when retries give up? can a retry help?). Another provider
 is a package beside ``include/migosmtp/`` and a change here. The client is imported on first
-use: it brings HttpHook, which a DAG file's parse must not pay for.
+use: it brings HttpHook, which a DAG file's parse must not pay for (nor a plan, whose batch keys
+come from the contract).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from include.migosmtp.contract import CANCEL_MIN_LEAD_SECONDS, EVENT_TYPES, FINAL_TYPES
+from include.migosmtp.contract import CANCEL_MIN_LEAD_SECONDS, EVENT_TYPES, FINAL_TYPES, idempotency_key
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -57,8 +58,6 @@ class MonthlyQuota:
 
 def batch_key(campaign_id: str, batch_number: int) -> str:
     """The batch's idempotency key: the same on every retry and rerun, so it is sent once."""
-    from include.migosmtp.client import idempotency_key
-
     return idempotency_key(campaign_id, batch_number)
 
 

@@ -29,13 +29,14 @@ from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from itertools import islice
+from itertools import chain, repeat
 from typing import TYPE_CHECKING, Any
 
 from include.campaign import frequency, ledger, suppressions
-from include.campaign.audience import Recipient, Rejection, ScreenedRows, screen_rows
+from include.campaign.audience import Recipient, Rejection, ScreenedRows, StagedLookup
 from include.campaign.ledger import PLAN_FAILED, PLANNING, planned_row
 from include.campaign.planner import Batch, BatchPacker
+from include.campaign.screening import screen_frame
 from include.campaign.windows import DEFAULT_TIMEZONE
 from include.warehouse import (
     CAMPAIGNS_TABLE,
@@ -69,6 +70,13 @@ REJECTED_FIELDS = ("campaign_id", "source_row", "recipient_id", "email", "reason
 # A plan writes a chunk every few seconds; one whose row has not moved for this long is dead.
 # Generous, since clearing a live plan would fail it (``definition.finish_plan`` notices).
 ABANDONED_AFTER = timedelta(minutes=30)
+
+# How a chunk is screened: ``screening.screen_frame`` (pandas) or the row-by-row definition,
+# ``audience.screen_rows``, which gives the same result (tests plan one table both ways).
+Screen = Callable[
+    [Sequence[str], Sequence[Sequence[Any]], int, StagedLookup, Callable[[set[str]], set[str]] | None, str],
+    ScreenedRows,
+]
 
 
 def clear_plan(hook: DbApiHook, campaign_id: str) -> None:
@@ -257,8 +265,10 @@ class ChunkedPlan:
         default_zone: str = DEFAULT_TIMEZONE,
         frequency_cap: frequency.FrequencyCap | None = None,
         since: datetime | None = None,
+        screen: Screen = screen_frame,
     ) -> None:
         self._campaign_id = campaign_id
+        self._screen = screen
         self._packer = packer
         self._default_zone = default_zone
         self._cap = frequency_cap
@@ -306,7 +316,7 @@ class ChunkedPlan:
             self._writer.write_chunk([], [], self._ledger_rows(self._packer, closed_before, self._open_ids))
 
     def _place(self, columns, rows, first_source_row, staged) -> _Placed:
-        screened = screen_rows(columns, rows, first_source_row, staged, self._suppressed, self._default_zone)
+        screened = self._screen(columns, rows, first_source_row, staged, self._suppressed, self._default_zone)
         packer = self._packer.copy()
         details: dict[int, str] = {}
         if packer.zoned:  # a recipient without a zone of their own is in the default one
@@ -326,25 +336,28 @@ class ChunkedPlan:
             fit = sum(n for number, n in runs if number <= self._max_batches)
             return _Placed(screened, packer, position, {}, [], overflow=position + fit)
         open_ids = {number: list(ids) for number, ids in self._open_ids.items()}
-        staging_rows = []
-        accepted = iter(zip(screened.accepted, screened.zones, strict=True))
-        for batch_number, count in runs:
-            ids = open_ids.setdefault(batch_number, [])
-            for (recipient_id, email, variables, source_row), zone in islice(accepted, count):
-                position += 1
-                ids.append(recipient_id)
-                staging_rows.append(
-                    (
-                        self._campaign_id,
-                        batch_number,
-                        position,
-                        recipient_id,
-                        email,
-                        variables,
-                        source_row,
-                        zone,
-                    )
+        staging_rows: list[tuple] = []
+        if screened.accepted:  # column-wise: the rows are zipped together in C
+            ids, emails, variables, source_rows = map(list, zip(*screened.accepted, strict=True))
+            numbers = chain.from_iterable(repeat(number, count) for number, count in runs)
+            positions = range(position + 1, position + 1 + len(ids))
+            staging_rows = list(
+                zip(
+                    repeat(self._campaign_id),
+                    numbers,
+                    positions,
+                    ids,
+                    emails,
+                    variables,
+                    source_rows,
+                    screened.zones,
                 )
+            )
+            start = 0
+            for number, count in runs:
+                open_ids.setdefault(number, []).extend(ids[start : start + count])
+                start += count
+            position += len(ids)
         return _Placed(screened, packer, position, open_ids, staging_rows, details=details)
 
     def _place_capped(

@@ -30,6 +30,7 @@ from requests.auth import AuthBase
 from requests.exceptions import ChunkedEncodingError
 from requests_toolbelt.adapters.socket_options import TCPKeepAliveAdapter
 
+from include.migosmtp.contract import idempotency_key  # noqa: F401  (the client's callers use it here)
 from include.migosmtp.retry_policy import (
     DEFAULT_REQUEST_TIMEOUT_SECONDS,
     MAX_RATE_WINDOW_SECONDS,
@@ -295,11 +296,6 @@ def provider_text(text: str | None, secrets: Iterable[str], limit: int = MAX_PRO
     text = _CREDENTIAL.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def idempotency_key(campaign_id: str, batch_number: int) -> str:
-    """Deterministic per batch, so every retry and rerun of a batch carries the same key."""
-    return f"bulk-email:{campaign_id}:batch-{batch_number}"
 
 
 def batch_tags(campaign_id: str, batch_number: int) -> list[str]:

@@ -1,4 +1,5 @@
-"""Unit tests of recipient screening: ``screen_chunk`` and the address/id normalisers.
+"""Unit tests of recipient screening: ``screen_chunk`` and the address/id normalisers, through both
+ways of screening a chunk (the ``screener`` fixture).
 
 Rows are fed as plain dicts and as ``DataFrame.to_dict("records")`` rows of a
 real pandas DataFrame, which is how ``plan_campaign`` hands them over (an
@@ -26,6 +27,20 @@ from tests.helpers import screen_chunk
 # 64 + 1 + (63 + 1 + 63 + 1 + 61) = 254 characters, every label within 63.
 LONGEST_VALID_EMAIL = "a" * 64 + "@" + "b" * 63 + "." + "c" * 63 + "." + "d" * 61
 TOO_LONG_EMAIL = "a" * 64 + "@" + "b" * 63 + "." + "c" * 63 + "." + "d" * 62
+
+
+@pytest.fixture(autouse=True, params=["rows", "frame"])
+def screener(request, monkeypatch):
+    """Each screening test holds both for the row-by-row definition and for the DataFrame
+    screening the plan uses (``screening.screen_frame``, issue 24)."""
+    if request.param == "frame":
+        import include.campaign.audience as audience
+        import tests.helpers
+        from include.campaign.screening import screen_frame
+
+        monkeypatch.setattr(tests.helpers, "screen_rows", screen_frame)
+        monkeypatch.setattr(audience, "screen_rows", screen_frame)
+    return request.param
 
 
 def row(recipient_id, email, **extra):
