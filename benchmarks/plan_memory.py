@@ -141,7 +141,7 @@ def _window_checks(hook) -> dict:
 
 # The floor: what the database does by itself in one statement. The screening in SQL (trim,
 # lower-case, the address check: PostgreSQL's regex is the planner's own pattern; SQLite has no
-# regex, so a GLOB of the same shape stands in), the duplicates by two window functions (the first
+# regex, so a GLOB of its shape, "?*@?*.?*", stands in), the duplicates by two window functions (the first
 # row of an id, of an email), the variables as JSON, into a new table, committed. No batches, no
 # ledger, no indexes: a bound no planner that also writes those can reach.
 _FLOOR_SQL = {
@@ -154,8 +154,7 @@ WITH numbered AS (
   FROM recipients),
 checked AS (
   SELECT *, CASE WHEN rid IS NULL THEN 'missing_recipient_id' WHEN em IS NULL THEN 'missing_email'
-                 WHEN length(em) > 254 OR em NOT GLOB '?*@?*.?*'
-                      OR em GLOB '*[^a-z0-9.@!#$%&''*+/=?^_`{|}~-]*' THEN 'invalid_email' END AS bad
+                 WHEN length(em) > 254 OR em NOT GLOB '?*@?*.?*' THEN 'invalid_email' END AS bad
   FROM numbered),
 ranked AS (
   SELECT *, ROW_NUMBER() OVER (PARTITION BY bad IS NULL, rid ORDER BY source_row) AS rid_n,
@@ -164,8 +163,7 @@ ranked AS (
 SELECT source_row, rid AS recipient_id, em AS email,
        COALESCE(bad, CASE WHEN rid_n > 1 THEN 'duplicate_recipient_id'
                           WHEN em_n > 1 THEN 'duplicate_email' END) AS reason,
-       json_patch(json_patch('{}', json_object('first_name', first_name)), COALESCE(variables, '{}'))
-         AS variables
+       json_patch(json_object('first_name', first_name), COALESCE(variables, '{}')) AS variables
 FROM ranked""",
     "postgresql": """
 CREATE TABLE floor_screened AS

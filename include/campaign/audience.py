@@ -69,12 +69,28 @@ class Rejection:
 
 @dataclass
 class ScreenedRows:
-    """A chunk screened for staging: accepted as ``(recipient_id, email, variables JSON, source row)``,
-    and each one's time zone in ``zones`` (None: the table has no ``timezone`` column)."""
+    """A chunk screened for staging, column by column: each accepted recipient's id, email,
+    variables JSON, source row and time zone (None: the table has no ``timezone`` column), in
+    order; and the rejections. Columns, because the staging rows are zipped from them."""
 
-    accepted: list[tuple[str, str, str, int]] = field(default_factory=list)
-    rejected: list[Rejection] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    emails: list[str] = field(default_factory=list)
+    variables: list[str] = field(default_factory=list)
+    source_rows: list[int] = field(default_factory=list)
     zones: list[str | None] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> list[tuple[str, str, str, int]]:
+        """The accepted as ``(recipient_id, email, variables JSON, source row)``."""
+        return list(zip(self.ids, self.emails, self.variables, self.source_rows, strict=True))
+
+    def add(self, recipient_id: str, email: str, variables: str, source_row: int, zone: str | None) -> None:
+        self.ids.append(recipient_id)
+        self.emails.append(email)
+        self.variables.append(variables)
+        self.source_rows.append(source_row)
+        self.zones.append(zone)
 
 
 # Variables are stored as JSON with sorted keys, exactly as json.dumps(..., sort_keys=True) writes
@@ -339,8 +355,8 @@ def screen_rows(
             continue
         seen_emails.add(email)
         seen_ids.add(recipient_id)
-        screened.accepted.append((recipient_id, email, encoded, first_source_row + offset))
-        screened.zones.append(zones[offset] if i_zone is not None else None)
+        zone = zones[offset] if i_zone is not None else None
+        screened.add(recipient_id, email, encoded, first_source_row + offset, zone)
     if invalid_variables:  # the cause, never the values (they may be personal data)
         log.warning("%d row(s) rejected as invalid_variables (first: %s)", invalid_variables, first_cause)
     return screened

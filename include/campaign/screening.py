@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -48,6 +47,8 @@ log = logging.getLogger(__name__)
 _NONE = type(None)
 # Cells passed to the variables as they are: what audience._variable returns unchanged.
 _PLAIN = {str, int, bool, _NONE}
+# Cells whose equality is their text's: the key of a combination encoded once per chunk.
+_KEYS = {str, int, _NONE}
 
 
 def _text(column: pd.Series, normalize: Callable[[Any], str | None], lower: bool) -> pd.Series:
@@ -71,20 +72,20 @@ def _zones(column: pd.Series, default_zone: str) -> pd.Series:
     return pd.Series([_zone_name(cell, default_zone) for cell in column], index=column.index, dtype=object)
 
 
-def _plain_variables(
-    count: int, names: list[str], extras: list[list[Any]], raws: list[Any] | None
-) -> list[str | None]:
-    """Each of ``count`` rows' variables text, or None where the row must go through
-    ``staged_variables`` (a cell that is not plain, a bound that may be broken, anything that
-    raised): the same decoder and encoder, without a function call per step."""
-    out: list[str | None] = [None] * count
-    values_of = list(zip(*extras, strict=True)) if extras else [()] * count
+def _plain_variables(names: list[str], values_of: Sequence[tuple], raws: Sequence[Any]) -> list[str | None]:
+    """Each row's variables text, or None where the row must go through ``staged_variables`` (a
+    cell that is not plain, a bound that may be broken, anything that raised): the same decoder
+    and encoder, without a function call per step."""
+    out: list[str | None] = [None] * len(raws)
     # Text in the extra columns past the bound is refused before the variables column can replace
     # it; where even the longest cells together are within it, no row needs the count.
-    longest = sum(max((len(v) for v in cells if type(v) is str), default=0) for cells in extras)
+    longest = sum(
+        max(map(len, [v for v in cells if type(v) is str]), default=0)
+        for cells in zip(*values_of, strict=True)
+    )
     count_text = longest > MAX_VARIABLES_CHARS
     scan, encode = _DECODER.scan_once, _encode_variables  # scan_once: what decode() runs, unwrapped
-    for k, (values, raw) in enumerate(zip(values_of, raws or repeat(None, count), strict=False)):
+    for k, (values, raw) in enumerate(zip(values_of, raws, strict=True)):
         if count_text and sum(len(v) for v in values if type(v) is str) > MAX_VARIABLES_CHARS:
             continue
         variables = {name: value for name, value in zip(names, values, strict=True) if value is not None}
@@ -107,6 +108,37 @@ def _plain_variables(
         if len(encoded) <= MAX_VARIABLES_CHARS:
             out[k] = encoded
     return out
+
+
+def _distinct(columns: list[list[Any]], count: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each row's combination of these cells as a code, and one row of each code; None when the
+    cells' types could make unequal texts equal (a bool equals an int, a float too)."""
+    if not all(set(map(type, cells)) <= _KEYS for cells in columns):
+        return None
+    codes = np.zeros(count, dtype=np.int64)
+    for cells in columns:
+        column_codes, uniques = pd.factorize(np.array(cells, dtype=object), use_na_sentinel=False)
+        codes, _ = pd.factorize(codes * len(uniques) + column_codes)  # dense again: below count
+    _, first = np.unique(codes, return_index=True)
+    return codes, first
+
+
+def _variables_column(
+    names: list[str], extras: list[list[Any]], raws: list[Any] | None, count: int
+) -> list[str | None]:
+    """The plain loop's text for each row; a combination of cells seen before in the chunk is
+    encoded once (lists repeat their variables: a segment, a locale, a first name)."""
+    if not all(set(map(type, cells)) <= _PLAIN for cells in extras):
+        return [None] * count
+    raws = raws if raws is not None else [None] * count
+    distinct = _distinct([*extras, raws], count)
+    if distinct is None or len(distinct[1]) == count:
+        return _plain_variables(names, list(zip(*extras, strict=True)) or [()] * count, raws)
+    codes, first = distinct
+    values_of = list(zip(*[[cells[k] for k in first] for cells in extras], strict=True)) or [()] * len(first)
+    texts = np.empty(len(first), dtype=object)
+    texts[:] = _plain_variables(names, values_of, [raws[k] for k in first])
+    return texts[codes].tolist()
 
 
 def screen_frame(
@@ -165,19 +197,15 @@ def screen_frame(
     names = [name for name, _ in extra]
     extras = [frame[i].take(candidates).tolist() for _, i in extra]
     raws = frame[i_vars].take(candidates).tolist() if i_vars is not None else None
-    encoded: list[str | None] = [None] * len(candidates)
-    if all(set(map(type, cells)) <= _PLAIN for cells in extras):
-        encoded = _plain_variables(len(candidates), names, extras, raws)
-    causes: dict[int, ValueError | TypeError] = {}
-    for k, position in enumerate(candidates.tolist()):
-        if encoded[k] is None:
-            row = [frame.iat[position, i] for i in range(len(columns))]
-            try:
-                encoded[k] = staged_variables(row, extra, None if i_vars is None else row[i_vars])
-            except (ValueError, TypeError) as err:
-                causes[position] = err
     variables = np.full(len(frame), None, dtype=object)
-    variables[candidates] = encoded
+    variables[candidates] = _variables_column(names, extras, raws, len(candidates))
+    causes: dict[int, ValueError | TypeError] = {}
+    for position in candidates[pd.isna(variables[candidates])].tolist():
+        row = [frame.iat[position, i] for i in range(len(columns))]
+        try:
+            variables[position] = staged_variables(row, extra, None if i_vars is None else row[i_vars])
+        except (ValueError, TypeError) as err:
+            causes[position] = err
 
     # Among candidates with variables, the first row of an id or an email wins; a row that shares
     # neither with any other wins outright, the others are decided in order.
@@ -214,17 +242,13 @@ def screen_frame(
             else:
                 reason[position] = "invalid_variables"
 
-    screened = ScreenedRows()
-    screened.accepted = list(
-        zip(
-            id_of[won].tolist(),
-            email_of[won].tolist(),
-            variables[won].tolist(),
-            [first_source_row + position for position in won],
-            strict=True,
-        )
+    screened = ScreenedRows(
+        id_of[won].tolist(),
+        email_of[won].tolist(),
+        variables[won].tolist(),
+        [first_source_row + position for position in won],
+        zone_of[won].tolist() if zone_of is not None else [None] * len(won),
     )
-    screened.zones = zone_of[won].tolist() if zone_of is not None else [None] * len(won)
     raw_emails = frame[i_email].to_numpy()
     for position in np.flatnonzero(~pd.isna(reason)).tolist():
         raw_email = audience._scalar(raw_emails[position])

@@ -330,15 +330,15 @@ class ChunkedPlan:
             for zone, count in _stretches(lanes):
                 runs += packer.take(count, zone)
         else:
-            runs = packer.take(len(screened.accepted))
+            runs = packer.take(len(screened.ids))
         position = self.staged
         if runs and max(number for number, _ in runs) > self._max_batches:
             fit = sum(n for number, n in runs if number <= self._max_batches)
             return _Placed(screened, packer, position, {}, [], overflow=position + fit)
         open_ids = {number: list(ids) for number, ids in self._open_ids.items()}
         staging_rows: list[tuple] = []
-        if screened.accepted:  # column-wise: the rows are zipped together in C
-            ids, emails, variables, source_rows = map(list, zip(*screened.accepted, strict=True))
+        ids = screened.ids
+        if ids:  # the rows are zipped together from the columns, in C
             numbers = chain.from_iterable(repeat(number, count) for number, count in runs)
             positions = range(position + 1, position + 1 + len(ids))
             staging_rows = list(
@@ -347,9 +347,9 @@ class ChunkedPlan:
                     numbers,
                     positions,
                     ids,
-                    emails,
-                    variables,
-                    source_rows,
+                    screened.emails,
+                    screened.variables,
+                    screened.source_rows,
                     screened.zones,
                 )
             )
@@ -366,11 +366,11 @@ class ChunkedPlan:
         """Place recipients one at a time, each first counted against the frequency cap at the slot
         it would get; a capped one is rejected (``screened`` loses it) and takes no room."""
         cap = self._cap
-        history = self._writer.history({email for _, email, _, _ in screened.accepted}, self._since, cap)
+        history = self._writer.history(set(screened.emails), self._since, cap)
         runs: list[tuple[int, int]] = []
-        kept, kept_zones = [], []
+        kept = ScreenedRows(rejected=screened.rejected)
         for recipient, zone, lane in zip(screened.accepted, screened.zones, lanes, strict=True):
-            recipient_id, email, _, source_row = recipient
+            recipient_id, email, variables, source_row = recipient
             campaigns = history.capped_by(email, packer.next_send_at(lane))
             if campaigns is not None:
                 screened.rejected.append(
@@ -383,9 +383,9 @@ class ChunkedPlan:
                 runs[-1] = (number, runs[-1][1] + 1)
             else:
                 runs.append((number, 1))
-            kept.append(recipient)
-            kept_zones.append(zone)
-        screened.accepted, screened.zones = kept, kept_zones
+            kept.add(recipient_id, email, variables, source_row, zone)
+        screened.ids, screened.emails, screened.variables = kept.ids, kept.emails, kept.variables
+        screened.source_rows, screened.zones = kept.source_rows, kept.zones
         return runs
 
     def _write(self, placed: _Placed) -> None:
