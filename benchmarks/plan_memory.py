@@ -144,17 +144,16 @@ def _window_checks(hook) -> dict:
 # regex, so a GLOB of its shape, "?*@?*.?*", stands in), the duplicates by two window functions (the first
 # row of an id, of an email), the variables as JSON, into a new table, committed. No batches, no
 # ledger, no indexes: a bound no planner that also writes those can reach.
-_FLOOR_SQL = {
-    "sqlite": """
+_FLOOR_SQL = """
 CREATE TABLE floor_screened AS
 WITH numbered AS (
   SELECT ROW_NUMBER() OVER (ORDER BY recipient_id, email) AS source_row,
-         NULLIF(TRIM(CAST(recipient_id AS TEXT)), '') AS rid, NULLIF(LOWER(TRIM(email)), '') AS em,
+         NULLIF({trim}(CAST(recipient_id AS TEXT)), '') AS rid, NULLIF(LOWER({trim}(email)), '') AS em,
          first_name, variables
   FROM recipients),
 checked AS (
   SELECT *, CASE WHEN rid IS NULL THEN 'missing_recipient_id' WHEN em IS NULL THEN 'missing_email'
-                 WHEN length(em) > 254 OR em NOT GLOB '?*@?*.?*' THEN 'invalid_email' END AS bad
+                 WHEN length(em) > 254 OR {not_an_address} THEN 'invalid_email' END AS bad
   FROM numbered),
 ranked AS (
   SELECT *, ROW_NUMBER() OVER (PARTITION BY bad IS NULL, rid ORDER BY source_row) AS rid_n,
@@ -163,29 +162,20 @@ ranked AS (
 SELECT source_row, rid AS recipient_id, em AS email,
        COALESCE(bad, CASE WHEN rid_n > 1 THEN 'duplicate_recipient_id'
                           WHEN em_n > 1 THEN 'duplicate_email' END) AS reason,
-       json_patch(json_object('first_name', first_name), COALESCE(variables, '{}')) AS variables
-FROM ranked""",
-    "postgresql": """
-CREATE TABLE floor_screened AS
-WITH numbered AS (
-  SELECT ROW_NUMBER() OVER (ORDER BY recipient_id, email) AS source_row,
-         NULLIF(BTRIM(recipient_id::text), '') AS rid, NULLIF(LOWER(BTRIM(email)), '') AS em,
-         first_name, variables
-  FROM recipients),
-checked AS (
-  SELECT *, CASE WHEN rid IS NULL THEN 'missing_recipient_id' WHEN em IS NULL THEN 'missing_email'
-                 WHEN length(em) > 254 OR em !~ %s THEN 'invalid_email' END AS bad
-  FROM numbered),
-ranked AS (
-  SELECT *, ROW_NUMBER() OVER (PARTITION BY bad IS NULL, rid ORDER BY source_row) AS rid_n,
-            ROW_NUMBER() OVER (PARTITION BY bad IS NULL, em ORDER BY source_row) AS em_n
-  FROM checked)
-SELECT source_row, rid AS recipient_id, em AS email,
-       COALESCE(bad, CASE WHEN rid_n > 1 THEN 'duplicate_recipient_id'
-                          WHEN em_n > 1 THEN 'duplicate_email' END) AS reason,
-       (jsonb_strip_nulls(jsonb_build_object('first_name', first_name))
-         || COALESCE(variables::jsonb, '{}'))::text AS variables
-FROM ranked""",
+       {variables} AS variables
+FROM ranked"""
+_FLOOR_DIALECT = {
+    "sqlite": {
+        "trim": "TRIM",
+        "not_an_address": "em NOT GLOB '?*@?*.?*'",
+        "variables": "json_patch(json_object('first_name', first_name), COALESCE(variables, '{}'))",
+    },
+    "postgresql": {
+        "trim": "BTRIM",
+        "not_an_address": "em !~ %s",
+        "variables": "(jsonb_strip_nulls(jsonb_build_object('first_name', first_name))"
+        " || COALESCE(variables::jsonb, '{}'))::text",
+    },
 }
 
 
@@ -202,10 +192,11 @@ def _floor(hook) -> dict:
         conn.commit()
         started = time.perf_counter()
         with closing(conn.cursor()) as cur:
+            sql = _FLOOR_SQL.format(**_FLOOR_DIALECT[dialect])
             if dialect == "postgresql":
-                cur.execute(_FLOOR_SQL[dialect], (f"^{EMAIL_PATTERN}$",))
+                cur.execute(sql, (f"^{EMAIL_PATTERN}$",))
             else:
-                cur.execute(_FLOOR_SQL[dialect])
+                cur.execute(sql)
         conn.commit()
         seconds = time.perf_counter() - started
         with closing(conn.cursor()) as cur:

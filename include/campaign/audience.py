@@ -1,5 +1,9 @@
 """Screen recipient rows: who can be sent to, and why the others cannot.
 
+``screen_rows`` is the rules' definition, row by row. A plan screens with
+``screening.screen_frame``, the same rules a column at a time on a DataFrame,
+which the tests hold to this one.
+
 Works on one chunk at a time, as the DB-API driver returns it (a list of
 tuples). What earlier chunks staged comes from the caller (``screen_rows``'
 ``staged`` callable; the planner asks the staging table, see

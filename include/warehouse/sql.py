@@ -201,8 +201,9 @@ def stream_rows(
 
     On its own connection, so the caller can write on another while it reads. On PostgreSQL
     the cursor is a server-side one: a plain DB-API cursor makes psycopg fetch the whole
-    result before the first chunk. Rows are the driver's plain values (no pandas: it would
-    turn an INTEGER column with NULLs into floats, and costs a DataFrame per chunk).
+    result before the first chunk. Rows are the driver's plain values (not ``pandas.read_sql``,
+    which would turn an INTEGER column with NULLs into floats; the screening builds its own
+    DataFrame of the values as they are, ``campaign/screening.py``).
     """
     with closing(hook.get_conn()) as conn:
         cursor = conn.cursor(name="stream_rows") if hook.dialect_name == "postgresql" else conn.cursor()

@@ -185,3 +185,14 @@ def test_the_duplicate_rules_worked_through_both(caplog):
         "(Expecting value at character 0))"
     ]
     assert _screen(screen_rows, chunk, caplog) == (accepted, rejected, [None] * 3, logged)
+
+
+def test_columns_of_nothing_but_nulls_screen_the_same(caplog):
+    columns = ["recipient_id", "email", "timezone", "first_name", "variables"]
+    for rows in (
+        [(None, None, None, None, None)] * 3,
+        [("1", "a@example.com", None, None, None), ("2", "b@example.com", None, None, None)],
+        [(1, "a@example.com", float("nan"), float("nan"), float("nan"))],
+    ):
+        chunk = (columns, rows, set(), set(), set())
+        assert _screen(screen_frame, chunk, caplog) == _screen(screen_rows, chunk, caplog)

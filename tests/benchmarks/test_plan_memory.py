@@ -1,0 +1,45 @@
+"""The planning benchmark runs, and what it compares is comparable: the SQL floor's statement and
+both screenings stage and reject what the plan does, on both warehouses (its figures are not
+checked here: they are the benchmark's to print)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+
+@pytest.mark.parametrize("warehouse", ["sqlite", "postgres"])
+def test_the_floor_and_both_screenings_stage_and_reject_what_the_plan_does(warehouse):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/plan_memory.py",
+            "--sizes",
+            "2000",
+            "--warehouse",
+            warehouse,
+            "--screen",
+            "both",
+            "--profile",
+            "--no-naive",
+            "--json",
+        ],
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    [result] = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+    assert (result["staged"], result["rejected"]) == (2000, 20)
+    assert (result["floor_staged"], result["floor_rejected"]) == (2000, 20)
+    assert result["rows_screen_staged"] == 2000
+    assert result["floor_seconds"] > 0 and result["plan_to_floor"] > 0
+    assert set(result["per_100k_rows"]) == {"read", "screen", "write", "commit", "rest"}
+    assert result["per_100k_rows"]["screen"] > 0 and result["per_100k_rows"]["write"] > 0
