@@ -1,17 +1,25 @@
-"""Planning time and memory against list size, beside the naive pandas script.
+"""Planning time and memory against list size, beside the naive pandas script and the SQL floor.
 
     .venv/bin/python benchmarks/plan_memory.py [--sizes 10000 100000 1000000]
-        [--warehouse sqlite|postgres] [--json] [--no-naive] [--xcom] [--zones N] [--window]
+        [--warehouse sqlite|postgres] [--json] [--no-naive] [--no-floor] [--xcom]
+        [--screen frame|rows|both] [--chunk-rows N] [--profile] [--repeat K] [--zones N] [--window]
 
 For each size: seed a fresh warehouse (a SQLite file, or a new database on the
 local PostgreSQL) with N recipients plus 1% bad rows, then, each in a fresh
 process so its peak RSS is its own, time ``plan_campaign`` (read, screen,
-stage, write the planned ledger) and the naive approach (``naive_plan.py``:
-the whole table in pandas, ``to_sql``) on the same table. Prints a table, or
+stage, write the planned ledger), the floor (``_FLOOR_SQL``: the screening and
+the duplicates in one set-based statement, what the database does by itself)
+and the naive approach (``naive_plan.py``: the whole table in pandas,
+``to_sql``) on the same table. ``--repeat K`` plans (on fresh tables) and runs
+the floor K times in turn and keeps the medians: the plan's time over the
+floor's is the median of each pair's ratio. ``--screen both`` also plans the
+table with the row-by-row screening (``audience.screen_rows``), ``--chunk-rows``
+sets the plan's chunk, and ``--profile`` splits the plan's time per 100,000
+rows read into read, screen, write, commit and the rest. Prints a table, or
 with ``--json`` one JSON object per size (``recipients``, ``seconds``,
-``max_rss_mib``, ``rows_per_s``, the naive figures and the ratios). ``--xcom``
-adds the XCom handed to the mapped tasks per batch, which must not grow with
-the batch size.
+``max_rss_mib``, ``rows_per_s``, ``floor_seconds``, ``plan_to_floor``, the naive
+figures and ``speedup``, ``per_100k_rows``). ``--xcom`` adds the XCom handed to
+the mapped tasks per batch, which must not grow with the batch size.
 
 ``--zones N`` seeds the table with a ``timezone`` column, the recipients (bad rows
 too) cycling over the first N of ``ZONES``: real IANA zones with whole, half- and
@@ -37,6 +45,7 @@ import json
 import os
 import resource
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -397,8 +406,10 @@ def measure(
     chunk_rows: int = 0,
     screen: str = "frame",
     profile: bool = False,
+    repeat: int = 1,
 ) -> dict:
-    """One size's figures; ``screen`` "both" also plans the table with the row-by-row screening."""
+    """One size's figures; ``screen`` "both" also plans the table with the row-by-row screening;
+    ``repeat`` plans (each on fresh tables) and floors, in turn, and keeps the median plan."""
     # The work folder (the SQLite warehouse, the children's AIRFLOW_HOME) is removed however this ends.
     with tempfile.TemporaryDirectory(prefix="plan-bench-") as tmp:
         plan = {
@@ -408,12 +419,29 @@ def measure(
             "profile": profile,
         }
         return _measure_in(
-            Path(tmp), size, kind, naive, plan, window or bool(zones), floor=floor, screen=screen
+            Path(tmp),
+            size,
+            kind,
+            naive,
+            plan,
+            window or bool(zones),
+            floor=floor,
+            screen=screen,
+            repeat=repeat,
         )
 
 
 def _measure_in(
-    workdir: Path, size: int, kind: str, naive: bool, job: dict, window: bool, *, floor: bool, screen: str
+    workdir: Path,
+    size: int,
+    kind: str,
+    naive: bool,
+    job: dict,
+    window: bool,
+    *,
+    floor: bool,
+    screen: str,
+    repeat: int,
 ) -> dict:
     connection = _create_warehouse(kind, workdir)
 
@@ -428,7 +456,18 @@ def _measure_in(
     try:
         child("seed")
         first_screen = "frame" if screen == "both" else screen
-        plan = child("plan", window=window, screen=first_screen)
+        # The machine's speed drifts within minutes, so plan and floor go in turn, A B A B, and the
+        # ratio is the median of each pair's (a lone pair moved by a sixth between runs here).
+        plans, floors = [], []
+        for turn in range(repeat):
+            plans.append(
+                fresh_plan(window=window, screen=first_screen)
+                if turn
+                else child("plan", window=window, screen=first_screen)
+            )
+            if floor:
+                floors.append(child("floor"))
+        plan = sorted(plans, key=lambda p: p["seconds"])[len(plans) // 2]
         rows = size + size // 100  # the seed adds one bad row per hundred
         result = {
             "warehouse": kind,
@@ -444,14 +483,17 @@ def _measure_in(
             **plan,
             "rows_per_s": round(rows / plan["seconds"]),
         }
+        if repeat > 1:
+            result["plan_seconds_each"] = [p["seconds"] for p in plans]
         if floor:
-            bound = child("floor")
+            pairs = sorted(p["seconds"] / f["seconds"] for p, f in zip(plans, floors, strict=True))
             result.update(
                 {
-                    "floor_seconds": bound["seconds"],
-                    "floor_staged": bound["staged"],
-                    "floor_rejected": bound["rejected"],
-                    "plan_to_floor": round(plan["seconds"] / bound["seconds"], 2),
+                    "floor_seconds": statistics.median(f["seconds"] for f in floors),
+                    "floor_staged": floors[0]["staged"],
+                    "floor_rejected": floors[0]["rejected"],
+                    "plan_to_floor": round(statistics.median(pairs), 2),
+                    **({"floor_seconds_each": [f["seconds"] for f in floors]} if repeat > 1 else {}),
                 }
             )
         if screen == "both":  # the same plan with the row-by-row screening
@@ -530,6 +572,9 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="seconds per 100,000 rows: read, screen, write, commit"
     )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="plans and floors per size, in turn; the medians are printed"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -537,6 +582,8 @@ def main() -> None:
         return
     if args.chunk_rows < 0:
         parser.error("--chunk-rows must be 0 (the default) or more")
+    if args.repeat < 1:
+        parser.error("--repeat must be 1 or more")
     window = args.window or bool(args.zones)
     # A SIGTERM ends the run as Ctrl-C does: through the finally blocks that remove its work folders
     # and databases (subprocess.run kills the running child first).
@@ -571,6 +618,7 @@ def main() -> None:
             chunk_rows=args.chunk_rows,
             screen=args.screen,
             profile=args.profile,
+            repeat=args.repeat,
         )
         results.append(r)
         if args.json:

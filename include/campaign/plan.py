@@ -41,8 +41,11 @@ from include.warehouse import (
 
 log = logging.getLogger(__name__)
 
-# Rows read, screened and written per transaction: large enough that per-statement costs vanish,
-# small enough that memory stays flat (a chunk is a few MB).
+# Rows read, screened and written per transaction. Measured (benchmarks/plan_memory.py --sizes 10000
+# 1000000 --no-naive --chunk-rows N --repeat 2, SQLite, 2026-12-03): 1M rows planned in 11.6 and 11.6 s
+# at 10,000, 11.5 and 15.0 s at 50,000, 12.2 and 11.2 s at 100,000 (the same within the machine's
+# drift), at a peak RSS of 188.6, 224.5 and 265.1 MiB (1.02, 1.22 and 1.45 times the 10,000-row
+# list's). Larger chunks buy no time and cost memory that grows with the chunk; 10,000 keeps it flat.
 CHUNK_ROWS = 10_000
 
 
