@@ -274,6 +274,16 @@ def staged_variables(row: Sequence[Any], extra: Sequence[tuple[str, int]], raw: 
     return encoded
 
 
+def layout(columns: Sequence[str]) -> tuple[int, int, int | None, int | None, list[tuple[str, int]]]:
+    """Where a chunk's own columns are (recipient_id, email, and variables and timezone if present),
+    and the extra ones, each a template variable, as ``(name, index)``."""
+    i_id, i_email = columns.index("recipient_id"), columns.index("email")
+    i_vars = columns.index(VARIABLES_COLUMN) if VARIABLES_COLUMN in columns else None
+    i_zone = columns.index(TIMEZONE_COLUMN) if TIMEZONE_COLUMN in columns else None
+    own = (*REQUIRED_COLUMNS, VARIABLES_COLUMN, TIMEZONE_COLUMN)
+    return i_id, i_email, i_vars, i_zone, [(c, i) for i, c in enumerate(columns) if c not in own]
+
+
 def screen_rows(
     columns: Sequence[str],
     rows: Sequence[Sequence[Any]],
@@ -292,11 +302,7 @@ def screen_rows(
     machine knows (reason ``invalid_timezone``); an empty one is ``default_zone``.
     """
     known = known_zones()
-    i_id, i_email = columns.index("recipient_id"), columns.index("email")
-    i_vars = columns.index(VARIABLES_COLUMN) if VARIABLES_COLUMN in columns else None
-    i_zone = columns.index(TIMEZONE_COLUMN) if TIMEZONE_COLUMN in columns else None
-    own = (*REQUIRED_COLUMNS, VARIABLES_COLUMN, TIMEZONE_COLUMN)
-    extra = [(c, i) for i, c in enumerate(columns) if c not in own]
+    i_id, i_email, i_vars, i_zone, extra = layout(columns)
     # Pass 1, row by row but without look-ups: normalise, and reject what is missing or malformed.
     checked: list[tuple[str | None, str | None, str | None]] = []
     zones: list[str | None] = []

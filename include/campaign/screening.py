@@ -28,14 +28,12 @@ from include.campaign.audience import (
     MAX_EMAIL_LENGTH,
     MAX_VARIABLES_CHARS,
     MAX_VARIABLES_DEPTH,
-    REQUIRED_COLUMNS,
-    TIMEZONE_COLUMN,
-    VARIABLES_COLUMN,
     Rejection,
     ScreenedRows,
     StagedLookup,
     _encode_variables,
     _zone_name,
+    layout,
     normalize_email,
     normalize_recipient_id,
     staged_variables,
@@ -154,11 +152,7 @@ def screen_frame(
     # dtype object: the driver's values as they are (pandas would make an INTEGER column with a
     # NULL float, and ids past 2**53 inexact). Columns are addressed by position, as screen_rows does.
     frame = pd.DataFrame(list(rows), columns=range(len(columns)), dtype=object)
-    i_id, i_email = columns.index("recipient_id"), columns.index("email")
-    i_vars = columns.index(VARIABLES_COLUMN) if VARIABLES_COLUMN in columns else None
-    i_zone = columns.index(TIMEZONE_COLUMN) if TIMEZONE_COLUMN in columns else None
-    own = (*REQUIRED_COLUMNS, VARIABLES_COLUMN, TIMEZONE_COLUMN)
-    extra = [(c, i) for i, c in enumerate(columns) if c not in own]
+    i_id, i_email, i_vars, i_zone, extra = layout(columns)
 
     ids = _text(frame[i_id], normalize_recipient_id, lower=False)
     emails = _text(frame[i_email], normalize_email, lower=True)
