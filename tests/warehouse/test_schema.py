@@ -41,3 +41,45 @@ def test_an_earlier_versions_table_gains_the_columns_added_since(warehouse):
     )
     ensure_schema(warehouse)
     assert "source_row" in table_columns(warehouse, "email_campaign_recipients")
+
+
+def _staging_indexes(hook) -> set[str]:
+    if hook.dialect_name == "postgresql":
+        sql = "SELECT indexname AS name FROM pg_indexes WHERE tablename = 'email_campaign_recipients'"
+    else:
+        sql = "SELECT name FROM pragma_index_list('email_campaign_recipients')"
+    return {row["name"] for row in fetch_dicts(hook, sql, ())}
+
+
+_STAGE = (
+    "INSERT INTO email_campaign_recipients "
+    "(campaign_id, batch_number, position, recipient_id, email, variables) VALUES "
+)
+
+
+def test_the_staging_key_begins_with_email_so_no_email_index_of_its_own_is_made(warehouse):
+    ensure_schema(warehouse)
+
+    assert "email_campaign_recipients_by_email" not in _staging_indexes(warehouse)
+    warehouse.run(
+        _STAGE + "('a', 1, 1, 'r1', 'ada@example.com', '{}'), ('b', 1, 1, 'r1', 'ada@example.com', '{}')"
+    )
+    try:  # the key is still one row per email in a campaign
+        warehouse.run(_STAGE + "('a', 1, 2, 'r2', 'ada@example.com', '{}')")
+    except Exception as err:
+        assert "unique" in str(err).lower() or "duplicate" in str(err).lower()
+    else:
+        raise AssertionError("a second row for one email in one campaign was accepted")
+
+
+def test_an_earlier_staging_table_keyed_by_campaign_first_gets_an_email_index(warehouse):
+    warehouse.run(
+        "CREATE TABLE email_campaign_recipients (campaign_id TEXT NOT NULL, batch_number INTEGER NOT NULL, "
+        "position INTEGER NOT NULL, recipient_id TEXT NOT NULL, email TEXT NOT NULL, "
+        "variables TEXT NOT NULL, source_row INTEGER, timezone TEXT, "
+        "PRIMARY KEY (campaign_id, email), UNIQUE (campaign_id, recipient_id))"
+    )
+    ensure_schema(warehouse)
+    ensure_schema(warehouse)
+
+    assert "email_campaign_recipients_by_email" in _staging_indexes(warehouse)
