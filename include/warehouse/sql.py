@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
@@ -223,7 +224,14 @@ def bulk_insert(
     conn: Any, placeholder: str, table: str, fields: Sequence[str], rows: Sequence[Sequence[Any]]
 ) -> None:
     """Append rows on an open connection, in the caller's transaction: COPY on PostgreSQL
-    (psycopg 3), one ``executemany`` elsewhere."""
+    (psycopg 3); on SQLite one statement over the rows as a JSON array; one ``executemany``
+    elsewhere.
+
+    On SQLite the rows' values are text, 64-bit integers, floats and NULLs (what the project
+    writes). One statement lets SQLite loop over the rows in C with the GIL released, where
+    ``executemany`` takes it back for every row: a writer thread then runs beside the caller's
+    (``campaign/staging.py``). Rows JSON cannot carry exactly (bytes, a NUL in a text, which
+    SQLite's JSON functions cut at) take the ``executemany``."""
     if not rows:
         return
     columns = ", ".join(fields)
@@ -232,10 +240,23 @@ def bulk_insert(
             with cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
-        else:
-            cur.executemany(
-                f"INSERT INTO {table} ({columns}) VALUES ({', '.join([placeholder] * len(fields))})", rows
-            )
+            return
+        if isinstance(conn, sqlite3.Connection) and (array := _json_rows(rows)) is not None:
+            values = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(fields)))
+            cur.execute(f"INSERT INTO {table} ({columns}) SELECT {values} FROM json_each(?)", (array,))
+            return
+        cur.executemany(
+            f"INSERT INTO {table} ({columns}) VALUES ({', '.join([placeholder] * len(fields))})", rows
+        )
+
+
+def _json_rows(rows: Sequence[Sequence[Any]]) -> str | None:
+    """The rows as one JSON array of arrays, or None if JSON would not give the values back."""
+    try:
+        array = json.dumps(rows, ensure_ascii=False, allow_nan=False, check_circular=False)
+    except (TypeError, ValueError):
+        return None
+    return None if "\\u0000" in array else array
 
 
 def in_values(dialect: str, placeholder: str, column: str, values: Iterable[Any]) -> tuple[str, list[Any]]:

@@ -66,6 +66,30 @@ class TestBulkInsertAndInValues:
         found = fetch_dicts(numbers, "SELECT n, label FROM numbers WHERE n >= 200 ORDER BY n", ())
         assert found == [{"n": 200, "label": "a"}, {"n": 201, "label": "b\tc\nd"}]
 
+    def test_sqlite_rows_land_as_executemany_would_store_them_one_statement_or_not(self, warehouse):
+        if warehouse.dialect_name != "sqlite":
+            pytest.skip("SQLite's one-statement path")
+        warehouse.run("CREATE TABLE odd (t TEXT, i INTEGER, r REAL, b BLOB)")
+        rows = [
+            ("é\u2028😀 \\u0000", "12", 1.5, None),  # an escape's text is text, not an escape
+            (None, -(2**63), 1e300, None),
+            ("b\tc\nd", True, 2, None),
+            ('{"a": [1, "x"]}', 2**63 - 1, 0.1, None),
+        ]
+        awkward = [("x\x00y", 1, 0.0, None), ("t", 2, 1.0, b"\x00\xff")]  # JSON cannot carry these
+        for batch in (rows, *([row] for row in awkward)):
+            with closing(warehouse.get_conn()) as conn:
+                bulk_insert(conn, "?", "odd", ("t", "i", "r", "b"), batch)
+                conn.commit()
+        with closing(warehouse.get_conn()) as conn:
+            stored = conn.execute("SELECT t, typeof(t), i, typeof(i), r, typeof(r), b FROM odd").fetchall()
+            conn.execute("DELETE FROM odd")
+            conn.executemany("INSERT INTO odd VALUES (?, ?, ?, ?)", rows + awkward)
+            expected = conn.execute("SELECT t, typeof(t), i, typeof(i), r, typeof(r), b FROM odd").fetchall()
+
+        assert stored == expected
+        assert stored[4][0] == "x\x00y"
+
     def test_in_values_matches_many_values_in_one_parameter(self, numbers):
         labels = ["n1", "n7", "zz"]
         condition, parameters = in_values(numbers.dialect_name, numbers.placeholder, "label", labels)
