@@ -26,8 +26,9 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import chain, repeat
 from typing import TYPE_CHECKING, Any
@@ -164,31 +165,65 @@ def _is_integrity_error(err: BaseException) -> bool:
 
 
 class PlanWriter:
-    """A plan's writes on one connection; use as a context manager (closed, uncommitted work
-    rolled back, on the way out)."""
+    """A plan's writes on one connection, which lives in a thread of its own; use as a context
+    manager (closed, uncommitted work rolled back, on the way out).
+
+    ``load`` starts a chunk's staged rows into the database in that thread and returns at once;
+    ``settle`` waits for them, writes the chunk's rejections and ledger rows and commits the
+    chunk. In between the caller reads and screens the next chunk: the database does the
+    loading (COPY on PostgreSQL, one statement on SQLite, ``warehouse.bulk_insert``) with the
+    GIL released, so the two run side by side. Look-ups go through a second connection, which
+    sees what is committed.
+    """
 
     def __init__(self, hook: DbApiHook, campaign_id: str) -> None:
         self._campaign_id = campaign_id
         self._dialect = hook.dialect_name
         self._placeholder = hook.placeholder
-        self._conn = hook.get_conn()
-        if self._dialect == "sqlite":
-            # WAL (set by ensure_schema) with NORMAL sync: a commit no longer waits for the disk,
-            # and a power cut can only lose the last chunks of a plan that has sent nothing and
-            # is replaced by the next run. This connection only; batch tasks keep FULL.
-            self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-writer")
+        self._loading: tuple[Future, Sequence[Sequence[Any]], Sequence[Sequence[Any]]] | None = None
+        self._reader = self._conn = None
+        try:
+            # Opened in its thread: a sqlite3 connection may only be used by the thread that made it.
+            self._conn = self._in_thread(hook.get_conn)
+            if self._dialect == "sqlite":
+                # WAL (set by ensure_schema) with NORMAL sync: a commit no longer waits for the
+                # disk, and a power cut can only lose the last chunks of a plan that has sent
+                # nothing and is replaced by the next run. This connection only; batch tasks keep FULL.
+                self._in_thread(self._conn.execute, "PRAGMA synchronous=NORMAL")
+            self._reader = hook.get_conn()
+            if hook.supports_autocommit:  # a look-up holds no transaction open between chunks
+                hook.set_autocommit(self._reader, True)
+        except BaseException:
+            self.__exit__()
+            raise
 
     def __enter__(self) -> PlanWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         try:
-            self.rollback()  # nothing if the last chunk was committed
+            if self._loading is not None:  # the caller failed with a chunk loading: wait, then drop it
+                wait([self._loading[0]])
+                self._loading = None
+            if self._conn is not None:
+                self._in_thread(self._close)
+        finally:
+            self._thread.shutdown()
+            if self._reader is not None:
+                self._reader.close()
+
+    def _in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
+        return self._thread.submit(function, *args).result()
+
+    def _close(self) -> None:
+        try:
+            self._conn.rollback()  # nothing if the last chunk was committed
         finally:
             self._conn.close()
 
     def rollback(self) -> None:
-        self._conn.rollback()
+        self._in_thread(self._conn.rollback)
 
     def staged(self, emails: set[str], ids: set[str]) -> tuple[set[str], set[str]]:
         """Which of these emails and recipient ids earlier chunks staged (``StagedLookup``)."""
@@ -198,7 +233,7 @@ class PlanWriter:
         if not values:
             return set()
         condition, parameters = in_values(self._dialect, self._placeholder, column, values)
-        with closing(self._conn.cursor()) as cur:
+        with closing(self._reader.cursor()) as cur:
             cur.execute(
                 f"SELECT {column} FROM {STAGING_TABLE} "
                 f"WHERE campaign_id = {self._placeholder} AND {condition}",
@@ -208,14 +243,37 @@ class PlanWriter:
 
     def suppressed(self, emails: set[str]) -> set[str]:
         """Which of these emails are on the suppression list now."""
-        with closing(self._conn.cursor()) as cur:
+        with closing(self._reader.cursor()) as cur:
             return suppressions.active_among(cur, self._dialect, self._placeholder, emails)
 
     def history(self, emails: set[str], since: datetime, cap: frequency.FrequencyCap) -> frequency.History:
         """Other campaigns' mails to these emails from ``since`` on (the frequency cap's counts)."""
         return frequency.history(
-            self._conn, self._dialect, self._placeholder, self._campaign_id, emails, since, cap
+            self._reader, self._dialect, self._placeholder, self._campaign_id, emails, since, cap
         )
+
+    def load(
+        self,
+        staged: Sequence[Sequence[Any]],
+        rejected: Sequence[Sequence[Any]],
+        planned: Sequence[Sequence[Any]],
+    ) -> None:
+        """Start writing one chunk's rows (``STAGING_FIELDS``, ``REJECTED_FIELDS``, ledger
+        ``FIELDS``): the staged ones load while the caller goes on; ``settle`` finishes it."""
+        if self._loading is not None:
+            raise RuntimeError("a chunk is still loading: settle it first")
+        conn, p = self._conn, self._placeholder
+        future = self._thread.submit(bulk_insert, conn, p, STAGING_TABLE, STAGING_FIELDS, staged)
+        self._loading = (future, rejected, planned)
+
+    def settle(self) -> None:
+        """Finish the chunk ``load`` started: its rows in one transaction, committed, or a raise
+        of what the database refused with none of them written. Nothing to do if none is loading."""
+        if self._loading is None:
+            return
+        future, rejected, planned = self._loading
+        self._loading = None
+        self._in_thread(self._finish_chunk, future, rejected, planned)
 
     def write_chunk(
         self,
@@ -223,35 +281,65 @@ class PlanWriter:
         rejected: Sequence[Sequence[Any]],
         planned: Sequence[Sequence[Any]],
     ) -> None:
-        """One chunk's rows (``STAGING_FIELDS``, ``REJECTED_FIELDS``, ledger ``FIELDS``), in one
-        transaction."""
-        bulk_insert(self._conn, self._placeholder, STAGING_TABLE, STAGING_FIELDS, staged)
-        bulk_insert(self._conn, self._placeholder, REJECTED_TABLE, REJECTED_FIELDS, rejected)
-        ledger.insert_planned(self._conn, self._placeholder, planned)
-        with closing(self._conn.cursor()) as cur:  # the plan is alive (see clear_abandoned_plans)
-            p = self._placeholder
-            cur.execute(
-                f"UPDATE {CAMPAIGNS_TABLE} SET updated_at = {p} WHERE campaign_id = {p}",
-                (utc_now_text(), self._campaign_id),
-            )
-        self._conn.commit()
+        """One chunk's rows, in one transaction, committed before it returns."""
+        self.load(staged, rejected, planned)
+        self.settle()
+
+    def _finish_chunk(self, loaded: Future, rejected, planned) -> None:
+        try:
+            loaded.result()
+            bulk_insert(self._conn, self._placeholder, REJECTED_TABLE, REJECTED_FIELDS, rejected)
+            ledger.insert_planned(self._conn, self._placeholder, planned)
+            with closing(self._conn.cursor()) as cur:  # the plan is alive (see clear_abandoned_plans)
+                p = self._placeholder
+                cur.execute(
+                    f"UPDATE {CAMPAIGNS_TABLE} SET updated_at = {p} WHERE campaign_id = {p}",
+                    (utc_now_text(), self._campaign_id),
+                )
+            self._conn.commit()
+        except BaseException:
+            self._conn.rollback()
+            raise
+
+
+@dataclass
+class _State:
+    """A plan as far as it is written, or as it will be once a chunk is: its packer, the
+    recipient ids of its batches not yet in the ledger, and how many recipients it staged."""
+
+    packer: BatchPacker
+    open_ids: dict[int, list[str]]
+    staged: int
+
+
+@dataclass
+class _Chunk:
+    columns: Sequence[str]
+    rows: Sequence[Sequence[Any]]
+    first_source_row: int
 
 
 @dataclass
 class _Placed:
-    """A chunk placed on a copy of the plan so far: its rows, and the plan as it is once written."""
+    """A chunk placed on a copy of a plan's state: its rows, and the state once they are written."""
 
-    screened: ScreenedRows
-    packer: BatchPacker
-    staged: int
-    open_ids: dict[int, list[str]]
-    staging_rows: list[tuple]
+    chunk: _Chunk
+    state: _State
+    rejected: int = 0
+    staging_rows: list[tuple] = field(default_factory=list)
+    rejected_rows: list[tuple] = field(default_factory=list)
+    ledger_rows: list[tuple] = field(default_factory=list)
     overflow: int | None = None  # recipients that fit the allowed batches, if the chunk passes them
-    details: dict[int, str] | None = None  # a rejection's detail, by source row
 
 
 class ChunkedPlan:
-    """A new plan, built a chunk at a time on a ``BatchPacker``; a context manager (its writer)."""
+    """A new plan, built a chunk at a time on a ``BatchPacker``; a context manager (its writer).
+
+    Each chunk is placed on the state the plan will have once the chunk before it is written,
+    and that one is settled only then, so its rows load while this one is screened. If the
+    database refuses the chunk before (a duplicate of an earlier chunk, see the module's
+    docstring), it is placed again against what is staged and written, and this one is placed
+    again on the result: the plan is the one a chunk-by-chunk writer makes."""
 
     def __init__(
         self,
@@ -269,7 +357,6 @@ class ChunkedPlan:
     ) -> None:
         self._campaign_id = campaign_id
         self._screen = screen
-        self._packer = packer
         self._default_zone = default_zone
         self._cap = frequency_cap
         self._since = since
@@ -277,8 +364,9 @@ class ChunkedPlan:
         self._key_for = key_for
         self._writer = PlanWriter(hook, campaign_id)
         self._suppressed = self._writer.suppressed if honour_suppressions else None
-        self._open_ids: dict[int, list[str]] = {}  # recipient ids of batches not yet in the ledger
-        self.read = self.rejected = self.staged = 0
+        self._state = _State(packer, {}, 0)  # the plan as written and committed
+        self._loading: _Placed | None = None  # the chunk being written, and the state after it
+        self.read = self.rejected = 0
 
     def __enter__(self) -> ChunkedPlan:
         return self
@@ -287,37 +375,67 @@ class ChunkedPlan:
         self._writer.__exit__(*exc)
 
     @property
+    def staged(self) -> int:
+        return self._state.staged
+
+    @property
     def batches(self) -> list[Batch]:
         """The batches written so far (closed), in batch-number order."""
-        return sorted(self._packer.batches, key=lambda b: b.batch_number)
+        return sorted(self._state.packer.batches, key=lambda b: b.batch_number)
 
     def add(self, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        """Screen, place and write one chunk; raises ``TooManyBatches`` past ``max_batches``."""
-        first_source_row = self.read + 1
+        """Screen and place one chunk and start writing it, once the chunk before is written;
+        raises ``TooManyBatches`` past ``max_batches``."""
+        chunk = _Chunk(columns, rows, self.read + 1)
         self.read += len(rows)
-        placed = self._place(columns, rows, first_source_row, _nothing_staged)
-        if placed.overflow is None:
-            try:
-                self._write(placed)
-                return
-            except Exception as err:
-                if not _is_integrity_error(err):
-                    raise
-                self._writer.rollback()  # a duplicate of an earlier chunk: screen against them
-        placed = self._place(columns, rows, first_source_row, self._writer.staged)
-        if placed.overflow is not None:
-            raise TooManyBatches(placed.overflow)
-        self._write(placed)
+        ahead = self._loading.state if self._loading is not None else self._state
+        placed = self._place(chunk, _nothing_staged, ahead)
+        if not self._settle():  # the chunk before was written again: place this one on it
+            placed = self._place(chunk, _nothing_staged, self._state)
+        if placed.overflow is not None:  # duplicates of earlier chunks take no room: look them up
+            placed = self._place(chunk, self._writer.staged, self._state)
+            if placed.overflow is not None:
+                raise TooManyBatches(placed.overflow)
+        self._writer.load(placed.staging_rows, placed.rejected_rows, placed.ledger_rows)
+        self._loading = placed
 
     def finish(self) -> None:
-        """Close the last batch and write its ledger row."""
-        closed_before = self._packer.closed_count
-        if self._packer.finish() is not None:
-            self._writer.write_chunk([], [], self._ledger_rows(self._packer, closed_before, self._open_ids))
+        """Write the chunk still loading, then close the last batch and write its ledger row."""
+        self._settle()
+        state = self._state
+        closed_before = state.packer.closed_count
+        if state.packer.finish() is not None:
+            self._writer.write_chunk([], [], self._ledger_rows(state.packer, closed_before, state.open_ids))
 
-    def _place(self, columns, rows, first_source_row, staged) -> _Placed:
-        screened = self._screen(columns, rows, first_source_row, staged, self._suppressed, self._default_zone)
-        packer = self._packer.copy()
+    def _settle(self) -> bool:
+        """Commit the chunk being written; False if the database refused it as it was and it was
+        placed against what earlier chunks staged and written again."""
+        placed, self._loading = self._loading, None
+        if placed is None:
+            return True
+        try:
+            self._writer.settle()
+        except Exception as err:
+            if not _is_integrity_error(err):
+                raise
+            placed = self._place(placed.chunk, self._writer.staged, self._state)
+            if placed.overflow is not None:
+                raise TooManyBatches(placed.overflow) from None
+            self._writer.write_chunk(placed.staging_rows, placed.rejected_rows, placed.ledger_rows)
+            self._written(placed)
+            return False
+        self._written(placed)
+        return True
+
+    def _written(self, placed: _Placed) -> None:
+        self._state = placed.state
+        self.rejected += placed.rejected
+
+    def _place(self, chunk: _Chunk, staged: StagedLookup, base: _State) -> _Placed:
+        screened = self._screen(
+            chunk.columns, chunk.rows, chunk.first_source_row, staged, self._suppressed, self._default_zone
+        )
+        packer = base.packer.copy()
         details: dict[int, str] = {}
         if packer.zoned:  # a recipient without a zone of their own is in the default one
             lanes = [zone or self._default_zone for zone in screened.zones]
@@ -331,11 +449,11 @@ class ChunkedPlan:
                 runs += packer.take(count, zone)
         else:
             runs = packer.take(len(screened.ids))
-        position = self.staged
+        position = base.staged
         if runs and max(number for number, _ in runs) > self._max_batches:
             fit = sum(n for number, n in runs if number <= self._max_batches)
-            return _Placed(screened, packer, position, {}, [], overflow=position + fit)
-        open_ids = {number: list(ids) for number, ids in self._open_ids.items()}
+            return _Placed(chunk, base, overflow=position + fit)
+        open_ids = {number: list(ids) for number, ids in base.open_ids.items()}
         staging_rows: list[tuple] = []
         ids = screened.ids
         if ids:  # the rows are zipped together from the columns, in C
@@ -358,7 +476,19 @@ class ChunkedPlan:
                 open_ids.setdefault(number, []).extend(ids[start : start + count])
                 start += count
             position += len(ids)
-        return _Placed(screened, packer, position, open_ids, staging_rows, details=details)
+        rejected_rows = [
+            (self._campaign_id, r.source_row, r.recipient_id, r.email, r.reason, details.get(r.source_row))
+            for r in screened.rejected
+        ]
+        ledger_rows = self._ledger_rows(packer, base.packer.closed_count, open_ids)
+        return _Placed(
+            chunk,
+            _State(packer, open_ids, position),
+            len(screened.rejected),
+            staging_rows,
+            rejected_rows,
+            ledger_rows,
+        )
 
     def _place_capped(
         self, packer: BatchPacker, screened: ScreenedRows, lanes: list[str | None], details: dict[int, str]
@@ -387,19 +517,6 @@ class ChunkedPlan:
         screened.ids, screened.emails, screened.variables = kept.ids, kept.emails, kept.variables
         screened.source_rows, screened.zones = kept.source_rows, kept.zones
         return runs
-
-    def _write(self, placed: _Placed) -> None:
-        campaign_id = self._campaign_id
-        details = placed.details or {}
-        rejected_rows = [
-            (campaign_id, r.source_row, r.recipient_id, r.email, r.reason, details.get(r.source_row))
-            for r in placed.screened.rejected
-        ]
-        ledger_rows = self._ledger_rows(placed.packer, self._packer.closed_count, placed.open_ids)
-        self._writer.write_chunk(placed.staging_rows, rejected_rows, ledger_rows)
-        # Written: this is the plan now.
-        self._packer, self._open_ids, self.staged = placed.packer, placed.open_ids, placed.staged
-        self.rejected += len(placed.screened.rejected)
 
     def _ledger_rows(
         self, packer: BatchPacker, closed_before: int, open_ids: dict[int, list[str]]

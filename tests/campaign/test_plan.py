@@ -112,13 +112,13 @@ import json, os, signal, sys
 from include.campaign import staging
 from include.campaign.plan import plan_campaign
 
-write_chunk, written = staging.PlanWriter.write_chunk, []
-def write_then_die(self, *rows):
-    write_chunk(self, *rows)
+finish_chunk, written = staging.PlanWriter._finish_chunk, []
+def finish_then_die(self, *rows):  # in the writer's thread: the kill ends the whole process
+    finish_chunk(self, *rows)
     written.append(1)
     if len(written) == 2:
         os.kill(os.getpid(), signal.SIGKILL)
-staging.PlanWriter.write_chunk = write_then_die
+staging.PlanWriter._finish_chunk = finish_then_die
 plan_campaign(json.loads(sys.argv[1]), chunk_rows=50)
 """
 
