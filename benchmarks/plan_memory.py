@@ -15,7 +15,8 @@ the floor K times in turn and keeps the medians: the plan's time over the
 floor's is the median of each pair's ratio. ``--screen both`` also plans the
 table with the row-by-row screening (``audience.screen_rows``), ``--chunk-rows``
 sets the plan's chunk, and ``--profile`` splits the plan's time per 100,000
-rows read into read, screen, write, commit and the rest. Prints a table, or
+rows read into read, screen, waiting for the writer and the rest, and gives its
+writer thread's beside it: write and commit (``_Phases``). Prints a table, or
 with ``--json`` one JSON object per size (``recipients``, ``seconds``,
 ``max_rss_mib``, ``rows_per_s``, ``floor_seconds``, ``plan_to_floor``, the naive
 figures and ``speedup``, ``per_100k_rows``). ``--xcom`` adds the XCom handed to
@@ -217,11 +218,15 @@ def _floor(hook) -> dict:
 
 
 class _Phases:
-    """Where a plan's time goes: reading the table, screening, writing the rows, committing (with the
-    plan's heartbeat UPDATE), and the rest (placing batches, building rows), in seconds."""
+    """Where a plan's time goes, in seconds. The plan's own thread reads the table, screens, waits
+    for the writer (blocked in ``PlanWriter.settle``) and does the rest (placing batches, building
+    rows); these four add up to the plan's time. Its writer thread meanwhile writes the rows (the
+    bulk inserts) and commits (a chunk's finish less its inserts, with the heartbeat UPDATE): time
+    that overlaps the first four, except where the plan waits for it."""
 
     def __init__(self) -> None:
-        self.read = self.screen = self.write = self.commit = 0.0
+        self.read = self.screen = self.wait = self.write = self.finish = self.finish_writes = 0.0
+        self._finishing = False
 
     def install(self) -> None:
         """Wrap the plan's own functions in timers (this child process only)."""
@@ -231,7 +236,7 @@ class _Phases:
         phases = self
         stream_rows, bulk_insert = plan.stream_rows, staging.bulk_insert
         insert_planned = staging.ledger.insert_planned
-        write_chunk = staging.PlanWriter.write_chunk
+        writer = staging.PlanWriter
 
         def timed_stream(*args, **kwargs):
             chunks = stream_rows(*args, **kwargs)
@@ -243,54 +248,58 @@ class _Phases:
                     return
                 yield chunk
 
-        def timed(add):
-            def wrap(function):
-                def run(*args, **kwargs):
-                    started = time.perf_counter()
-                    try:
-                        return function(*args, **kwargs)
-                    finally:
-                        add(time.perf_counter() - started)
+        def timed(name, function):
+            def run(*args, **kwargs):
+                started = time.perf_counter()
+                try:
+                    return function(*args, **kwargs)
+                finally:
+                    seconds = time.perf_counter() - started
+                    setattr(phases, name, getattr(phases, name) + seconds)
+                    if name == "write" and phases._finishing:
+                        phases.finish_writes += seconds
 
-                return run
+            return run
 
-            return wrap
+        def finishing(*args, **kwargs):
+            phases._finishing = True
+            try:
+                return finish(*args, **kwargs)
+            finally:
+                phases._finishing = False
 
-        def add_write(seconds):
-            phases.write += seconds
-
-        def add_chunk(seconds):
-            phases.commit += seconds
-
+        finish = timed("finish", writer._finish_chunk)
         plan.stream_rows = timed_stream
-        staging.bulk_insert = timed(add_write)(bulk_insert)
-        staging.ledger.insert_planned = timed(add_write)(insert_planned)
-        staging.PlanWriter.write_chunk = timed(add_chunk)(write_chunk)
+        staging.bulk_insert = timed("write", bulk_insert)
+        staging.ledger.insert_planned = timed("write", insert_planned)
+        writer.settle = timed("wait", writer.settle)
+        writer._finish_chunk = finishing
 
     def screen_with(self, screen):
-        def run(*args):
-            started = time.perf_counter()
-            try:
-                return screen(*args)
-            finally:
-                self.screen += time.perf_counter() - started
+        return lambda *args: self._timed_screen(screen, args)
 
-        return run
+    def _timed_screen(self, screen, args):
+        started = time.perf_counter()
+        try:
+            return screen(*args)
+        finally:
+            self.screen += time.perf_counter() - started
 
     def per_100k(self, total: float, rows: int) -> dict:
-        """Each phase's seconds per 100,000 rows read (write_chunk's own time less its inserts is
-        the commit)."""
-        commit = self.commit - self.write
-        rest = total - self.read - self.screen - self.write - commit
+        """Each phase's seconds per 100,000 rows read: the plan's thread (read, screen, wait,
+        rest) and, beside it, its writer's (write, commit)."""
+        rest = total - self.read - self.screen - self.wait
+        commit = self.finish - self.finish_writes
         scale = 100_000 / rows
         return {
             name: round(value * scale, 3)
             for name, value in (
                 ("read", self.read),
                 ("screen", self.screen),
+                ("wait", self.wait),
+                ("rest", rest),
                 ("write", self.write),
                 ("commit", commit),
-                ("rest", rest),
             )
         }
 
@@ -570,7 +579,9 @@ def main() -> None:
         help="screen chunks as DataFrames (the plan's way), row by row, or both, one after the other",
     )
     parser.add_argument(
-        "--profile", action="store_true", help="seconds per 100,000 rows: read, screen, write, commit"
+        "--profile",
+        action="store_true",
+        help="seconds per 100,000 rows: read, screen, wait, rest; the writer's write, commit",
     )
     parser.add_argument(
         "--repeat", type=int, default=1, help="plans and floors per size, in turn; the medians are printed"
