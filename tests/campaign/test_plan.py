@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -92,6 +93,40 @@ class TestAPlanThatFailsPartWay:
 
         assert sum(b["recipient_count"] for b in batches) == 299
         assert status(warehouse, "c1") == definition.PLANNED
+
+    def test_the_writer_refusing_a_chunk_fails_the_plan_with_nothing_kept_and_no_thread(self, warehouse):
+        # The staging table refuses one address from the fourth chunk on, while the plan screens
+        # the chunk after it: on SQLite as a constraint (the chunk is placed again and refused
+        # again), on PostgreSQL as an error of its own.
+        ensure_schema(warehouse)
+        create_recipients_table(warehouse, "recipients", 300)
+        [found] = fetch_dicts(warehouse, "SELECT email FROM recipients WHERE recipient_id = 170", ())
+        email = found["email"]
+        if warehouse.dialect_name == "sqlite":
+            warehouse.run(
+                "CREATE TRIGGER refuse BEFORE INSERT ON email_campaign_recipients "
+                f"WHEN NEW.email = '{email}' BEGIN SELECT RAISE(ABORT, 'refused by the warehouse'); END"
+            )
+        else:
+            warehouse.run(
+                [
+                    "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                    f"IF NEW.email = '{email}' THEN RAISE EXCEPTION 'refused by the warehouse'; END IF; "
+                    "RETURN NEW; END $$",
+                    "CREATE TRIGGER refuse BEFORE INSERT ON email_campaign_recipients "
+                    "FOR EACH ROW EXECUTE FUNCTION refuse()",
+                ]
+            )
+        params = {**PARAMS, "recipients_table": "recipients", "campaign_id": "c1"}
+
+        with pytest.raises(Exception, match="refused by the warehouse"):
+            plan_campaign(params, chunk_rows=50)
+
+        assert count(warehouse, "email_batch_ledger", "c1") == 0
+        assert count(warehouse, "email_campaign_recipients", "c1") == 0
+        assert status(warehouse, "c1") == definition.PLAN_FAILED
+        assert not [t for t in threading.enumerate() if t.name.startswith("plan-writer")]
+        holds_nothing_for_others(warehouse)
 
     def test_a_refused_replacement_leaves_the_finished_plan_it_would_replace(self, warehouse):
         create_recipients_table(warehouse, "recipients", 30)
