@@ -37,6 +37,11 @@ from tests.helpers import SMALL_CAMPAIGN, due_in, sends
 CONF = {"max_batch_size": 10, "hourly_cap": 10, "daily_cap": 1000}
 
 
+# A steering step that fails leaves its campaign paused or its batch waiting for hours, so a test
+# here would wait on: it fails at this many seconds instead, its steering process's output above.
+pytestmark = pytest.mark.timeout(480)
+
+
 @pytest.fixture(autouse=True)
 def quick_polls(monkeypatch):
     monkeypatch.setattr(triggers, "POLL_SECONDS", 1)
