@@ -11,8 +11,9 @@ stage, write the planned ledger), the floor (``_FLOOR_SQL``: the screening and
 the duplicates in one set-based statement, what the database does by itself)
 and the naive approach (``naive_plan.py``: the whole table in pandas,
 ``to_sql``) on the same table. ``--repeat K`` plans (on fresh tables) and runs
-the floor K times in turn and keeps the medians: the plan's time over the
-floor's is the median of each pair's ratio. ``--screen both`` also plans the
+the floor and the naive script K times in turn and keeps the medians: the plan's
+time over the floor's, and the naive script's over the plan's, are the medians of
+each turn's ratio. ``--screen both`` also plans the
 table with the row-by-row screening (``audience.screen_rows``), ``--chunk-rows``
 sets the plan's chunk, and ``--profile`` splits the plan's time per 100,000
 rows read into read, screen, waiting for the writer and the rest, and gives its
@@ -330,7 +331,8 @@ def _child(
     if role == "reset":  # drop the last plan's tables, so the next plan starts as the first did
         from include.warehouse.schema import OWN_TABLES
 
-        hook.run([f"DROP TABLE IF EXISTS {table}" for table in sorted(OWN_TABLES)])
+        tables = sorted(OWN_TABLES) + ["naive_staging", "naive_rejected", "naive_ledger"]
+        hook.run([f"DROP TABLE IF EXISTS {table}" for table in tables])
         if hook.dialect_name == "sqlite":
             hook.run("VACUUM", autocommit=True)
         return {}
@@ -465,9 +467,10 @@ def _measure_in(
     try:
         child("seed")
         first_screen = "frame" if screen == "both" else screen
-        # The machine's speed drifts within minutes, so plan and floor go in turn, A B A B, and the
-        # ratio is the median of each pair's (a lone pair moved by a sixth between runs here).
-        plans, floors = [], []
+        # The machine's speed drifts within minutes, so plan, floor and naive script go in turn,
+        # A B C A B C, and each ratio is the median of the turns' (a lone pair moved by a sixth
+        # between runs here).
+        plans, floors, naives = [], [], []
         for turn in range(repeat):
             plans.append(
                 fresh_plan(window=window, screen=first_screen)
@@ -476,6 +479,8 @@ def _measure_in(
             )
             if floor:
                 floors.append(child("floor"))
+            if naive:
+                naives.append(child("naive"))
         plan = sorted(plans, key=lambda p: p["seconds"])[len(plans) // 2]
         rows = size + size // 100  # the seed adds one bad row per hundred
         result = {
@@ -528,15 +533,17 @@ def _measure_in(
                 }
             )
         if naive:
-            other = child("naive")
+            other = sorted(naives, key=lambda n: n["seconds"])[len(naives) // 2]
+            turns = (n["seconds"] / p["seconds"] for n, p in zip(naives, plans, strict=True))
             result.update(
                 {
-                    "naive_seconds": other["seconds"],
+                    "naive_seconds": statistics.median(n["seconds"] for n in naives),
                     "naive_max_rss_mib": other["max_rss_mib"],
                     "naive_staged": other["staged"],
                     "naive_rejected": other["rejected"],
-                    "speedup": round(other["seconds"] / plan["seconds"], 2),
+                    "speedup": round(statistics.median(turns), 2),
                     "rss_ratio_naive_to_planner": round(other["max_rss_mib"] / plan["max_rss_mib"], 2),
+                    **({"naive_seconds_each": [n["seconds"] for n in naives]} if repeat > 1 else {}),
                 }
             )
         return result
@@ -584,7 +591,10 @@ def main() -> None:
         help="seconds per 100,000 rows: read, screen, wait, rest; the writer's write, commit",
     )
     parser.add_argument(
-        "--repeat", type=int, default=1, help="plans and floors per size, in turn; the medians are printed"
+        "--repeat",
+        type=int,
+        default=1,
+        help="plans, floors and naive runs per size, in turn; the medians are printed",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
