@@ -192,7 +192,7 @@ def campaign_params(*, campaign_id_required: bool = True, **defaults: Any) -> di
             type="integer",
             minimum=0,
             title="Submit ahead (minutes)",
-            description="A batch waits, deferred, and goes this long before its slot; 14400: all at once.",
+            description="A batch waits, deferred, and goes this long before its slot; 14400: 10 days ahead.",
             section=LIMITS,
         ),
         "max_complaint_rate": Param(
