@@ -331,6 +331,7 @@ def _child(
     if role == "reset":  # drop the last plan's tables, so the next plan starts as the first did
         from include.warehouse.schema import OWN_TABLES
 
+        # The naive script's tables too (naive_plan.py's names; it stays as the issue gave it).
         tables = sorted(OWN_TABLES) + ["naive_staging", "naive_rejected", "naive_ledger"]
         hook.run([f"DROP TABLE IF EXISTS {table}" for table in tables])
         if hook.dialect_name == "sqlite":
@@ -442,6 +443,12 @@ def measure(
         )
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """The run of median time (of an even number, the later of the middle two), whole: its RSS
+    and counts go with its time."""
+    return sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
+
+
 def _measure_in(
     workdir: Path,
     size: int,
@@ -481,7 +488,7 @@ def _measure_in(
                 floors.append(child("floor"))
             if naive:
                 naives.append(child("naive"))
-        plan = sorted(plans, key=lambda p: p["seconds"])[len(plans) // 2]
+        plan = _median_run(plans)
         rows = size + size // 100  # the seed adds one bad row per hundred
         result = {
             "warehouse": kind,
@@ -533,7 +540,7 @@ def _measure_in(
                 }
             )
         if naive:
-            other = sorted(naives, key=lambda n: n["seconds"])[len(naives) // 2]
+            other = _median_run(naives)
             turns = (n["seconds"] / p["seconds"] for n, p in zip(naives, plans, strict=True))
             result.update(
                 {
